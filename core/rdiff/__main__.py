@@ -1,0 +1,5 @@
+import sys
+
+from rdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,377 @@
+"""The ``rdiff`` command line. Each subcommand parses its flags, builds a configuration and calls the engine.
+
+Exit codes: 0 success, 2 bad usage or bad input (one sentence, no traceback), 1 internal error.
+This module imports no torch at start-up: ``rdiff --help`` and ``rdiff plugins`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rdiff import __version__
+from rdiff.errors import TrainingStopped, UserError
+
+COMMANDS_WITH_RUN_FLAGS = ("train", "reconstruct")
+
+
+# --- configuration from flags ---------------------------------------------------------------------------------
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", help="backbone name (rdiff list backbones); default ldm-unet")
+    p.add_argument("--modality", help="modality name (rdiff list modalities); default fundus")
+    p.add_argument("--adaptor", help="phase-2 adaptor (rdiff list adaptors); default residual")
+    p.add_argument("--preset", help="named preset of the backbone (tiny, base, paper); default tiny")
+    p.add_argument("--data", help="folder of unpaired images (default: the modality's embedded sample data)")
+    p.add_argument("--pairs", help="folder with lq/ and hq/ of matching file stems (default: degrade on the fly)")
+    p.add_argument("--out", help="run directory (default: runs/<backbone>-<modality>-<preset>, numbered if taken)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    _add_common_config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _add_common_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML file of configuration keys (see docs/configuration.md)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one configuration key, e.g. --set train.adapt_steps=100 (repeatable)")
+
+
+def resolve_config(layers: list[dict[str, Any]]) -> Any:
+    """Merge configuration layers onto the chosen backbone's preset and check every key.
+
+    The plugin sections (model, adaptor_options, modality_options) are validated against the dataclass
+    each plugin registered and stored fully resolved, so config.yaml says everything that was used."""
+    from rdiff.api import get_preset
+    from rdiff.config import RunConfig, build, merge, to_dict
+    from rdiff.plugins import plugins
+
+    top: dict[str, Any] = {}
+    for layer in layers:
+        top = merge(top, layer)
+    chosen = build(RunConfig, {k: v for k, v in top.items() if k in ("backbone", "preset")})
+    config = build(RunConfig, merge(get_preset(chosen.backbone, chosen.preset), top))
+    for kind, name, section in (("backbone", config.backbone, "model"), ("adaptor", config.adaptor, "adaptor_options"),
+                                ("modality", config.modality, "modality_options")):
+        entry = plugins().get(kind, name)
+        values = getattr(config, section)
+        if entry.config is not None:
+            setattr(config, section, to_dict(build(entry.config, values, section)))
+        elif values:
+            raise UserError(f"{kind} '{name}' takes no options, got '{section}.{next(iter(values))}'.")
+    return config
+
+
+def _flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _fresh_run_dir(config: Any) -> Path:
+    base = Path("runs") / f"{config.backbone}-{config.modality}-{config.preset}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _load_yaml_layer(args: argparse.Namespace) -> dict[str, Any]:
+    from rdiff.config import load_yaml
+
+    return load_yaml(args.config) if args.config else {}
+
+
+# --- commands -------------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")) -> int:
+    from rdiff.config import RunConfig, build, load_yaml, parse_set
+    from rdiff.engine import run
+
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None or not (out / "config.yaml").is_file():
+            raise UserError(f"--resume needs --out pointing at an existing run directory; "
+                            f"'{out}' has no config.yaml." if out else "--resume needs --out RUN.")
+        config = build(RunConfig, load_yaml(out / "config.yaml"))
+    else:
+        config = resolve_config([_load_yaml_layer(args),
+                                 _flags(args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")),
+                                 parse_set(args.set)])
+        if out is None:
+            out = Path(config.out) if config.out else _fresh_run_dir(config)
+        if (out / "config.yaml").exists():
+            raise UserError(f"run directory '{out}' already holds a run; pass --resume to continue it or "
+                            f"choose another --out.")
+        config.out = str(out)
+    report = run(config, out, phases=phases, resume=args.resume, cli_args=args)
+    _print_summary(out, report)
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    return cmd_train(args, phases=("reconstruct",))
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from rdiff.config import RunConfig, build, load_yaml, merge, parse_set, to_dict
+    from rdiff.engine import run
+
+    source = Path(args.source)
+    if not (source / "config.yaml").is_file():
+        raise UserError(f"--from '{source}' is not an rdiff run directory (it has no config.yaml).")
+    base = to_dict(build(RunConfig, load_yaml(source / "config.yaml")))
+    out = Path(args.out) if args.out else source
+    if args.resume and (out / "config.yaml").is_file() and args.out:
+        config = build(RunConfig, load_yaml(out / "config.yaml"))
+    else:
+        flags = _flags(args, ("adaptor", "pairs", "seed"))
+        if "adaptor" in flags and flags["adaptor"] != base["adaptor"]:
+            base["adaptor_options"] = {}  # the old adaptor's options mean nothing to the new one
+        layers = [merge(base, _load_yaml_layer(args)), flags, parse_set(args.set)]
+        if args.out:
+            if (out / "config.yaml").exists():
+                raise UserError(f"run directory '{out}' already holds a run; choose another --out or pass --resume.")
+            # phase 1 is referenced, not copied: one reconstruction serves many adaptations
+            layers.append({"reconstruct_from": str((Path(base["reconstruct_from"]) if base.get("reconstruct_from")
+                                                    else source).resolve()), "out": str(out)})
+        config = resolve_config(layers)
+    report = run(config, out, phases=("adapt",), resume=args.resume, cli_args=args)
+    _print_summary(out, report)
+    return 0
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from rdiff.api import load_run
+    from rdiff.enhance import enhance_files
+
+    run = load_run(args.run)
+    return enhance_files(run, args.inputs, args.out, path=args.path, steps=args.steps, eta=args.eta, seed=args.seed,
+                         tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
+                         dtype=args.dtype, preserve_color=args.preserve_color, compare=args.compare)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rdiff.api import load_run
+
+    if args.data and args.pairs:
+        raise UserError("give --data or --pairs, not both.")
+    run = load_run(args.run)
+    result = run.evaluate(data=args.data, pairs=args.pairs, crops=args.crops,
+                          paths=args.paths.split(",") if args.paths else None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_eval_table(result))
+    return 0
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    from rdiff.api import create_modality
+    from rdiff.config import parse_set
+    from rdiff.degrade import degrade_files
+
+    modality = create_modality(args.modality, **parse_set(args.set))
+    return degrade_files(modality, args.inputs, args.out, seed=args.seed)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rdiff.plugins import plugins
+
+    loaded = plugins()
+    rows = [{"name": i.name, "module": i.module, "distribution": i.distribution, "version": i.version,
+             "hooks": i.hooks, "status": "ok"} for i in loaded.info.values()]
+    rows += [{"name": n, "status": "broken", "error": e} for n, e in loaded.broken.items()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        if r["status"] == "ok":
+            print(f"{r['name']:<12} {r['distribution'] or '-'} {r['version'] or ''}  ({r['module']}): {', '.join(r['hooks'])}")
+        else:
+            print(f"{r['name']:<12} BROKEN: {r['error']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rdiff.plugins import plugins
+
+    loaded = plugins()
+    kind = {"backbones": "backbone", "adaptors": "adaptor", "modalities": "modality"}[args.what]
+    rows = []
+    for name, e in sorted(loaded.entries[kind].items()):
+        row: dict[str, Any] = {"name": name, "plugin": e.plugin, "summary": e.summary}
+        if kind == "backbone":
+            row.update(capabilities=list(e.capabilities), presets=sorted(loaded.presets(e)))
+        if kind == "adaptor":
+            row["requires"] = list(e.requires)
+            if args.json:
+                row["params"] = _adaptor_params(name)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        extra = r.get("capabilities") or r.get("requires") or []
+        tag = (" [" + ", ".join(extra) + "]") if extra else ""
+        presets = f" presets: {', '.join(r['presets'])}" if r.get("presets") else ""
+        print(f"{r['name']:<10} {r['summary']}{tag}{presets}")
+    return 0
+
+
+def _adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:
+    """Trainable vs total parameters of ``adaptor`` on every compatible backbone's tiny preset."""
+    from rdiff.api import create_adaptor, create_backbone, list_backbones
+    from rdiff.plugins import plugins
+
+    out = {}
+    for name in list_backbones():
+        entry = plugins().get("backbone", name)
+        if not set(plugins().get("adaptor", adaptor).requires) <= set(entry.capabilities):
+            continue
+        backbone = create_backbone(name, preset="tiny")
+        a = create_adaptor(adaptor, backbone)
+        inside = {id(p) for p in backbone.parameters()}
+        trainable = sum(p.numel() for p in a.trainable_parameters())
+        total = sum(p.numel() for p in backbone.parameters()) + sum(
+            p.numel() for p in a.trainable_parameters() if id(p) not in inside)
+        out[f"{name}:tiny"] = {"trainable": trainable, "total": total}
+    return out
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+
+def format_eval_table(ev: dict[str, Any]) -> str:
+    rows = [("input (degraded)", ev.get("input", {}))]
+    if "reconstruct_only" in ev:
+        rows.append(("reconstruct-only fast", ev["reconstruct_only"]))
+    rows += [(f"{'adapted ' if 'reconstruct_only' in ev else ''}{name}{' *' if name == ev.get('default_path') else ''}", m)
+             for name, m in ev.get("paths", {}).items()]
+    keys = [k for k in rows[0][1] if k != "by_type"]
+    lines = [f"{'':<26}" + "".join(f"{k:>12}" for k in keys)]
+    for label, metrics in rows:
+        lines.append(f"{label:<26}" + "".join(f"{metrics.get(k, float('nan')):>12.4f}" for k in keys))
+    count = ev.get("crops", ev.get("images"))
+    lines.append(f"(* default path; {count} held-out {'crops' if 'crops' in ev else 'images'}; scored inside the region of interest)")
+    return "\n".join(lines)
+
+
+def _print_summary(out: Path, report: dict[str, Any]) -> None:
+    ev = report.get("eval") or {}
+    print(f"\nrun directory: {out}")
+    if ev:
+        print(format_eval_table(ev))
+    p = report.get("params", {})
+    print(f"parameters: {p.get('total', 0):,} total, {p.get('trainable', 0):,} trained in phase 2; "
+          f"time: {report.get('time_s', {})}")
+    print(f"details: {out / 'report.json'}")
+
+
+# --- the parser -----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rdiff.plugins import plugins
+
+    parser = argparse.ArgumentParser(
+        prog="rdiff", description="Enhance medical images by reconstruction, then adaptation.",
+        epilog="Quick start: rdiff train --backbone ldm-unet --modality fundus --preset tiny")
+    parser.add_argument("--version", action="version", version=f"rdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="phase 1 (reconstruct) then phase 2 (adapt), then evaluate")
+    _add_run_flags(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("reconstruct", help="phase 1 only: self-supervised reconstruction on unpaired images")
+    _add_run_flags(p)
+    p.set_defaults(handler=cmd_reconstruct)
+
+    p = sub.add_parser("adapt", help="phase 2 only, from a phase-1 run")
+    p.add_argument("--from", dest="source", required=True, metavar="RUN", help="the run whose phase 1 to adapt")
+    p.add_argument("--adaptor", help="phase-2 adaptor (default: the run's)")
+    p.add_argument("--pairs", help="folder with lq/ and hq/ (default: degrade on the fly)")
+    p.add_argument("--out", help="new run directory referencing RUN's phase 1 (default: write RUN/adapt/)")
+    p.add_argument("--seed", type=int)
+    _add_common_config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue phase 2 from its last checkpoint")
+    p.set_defaults(handler=cmd_adapt)
+
+    p = sub.add_parser("enhance", help="enhance image files, folders or globs with a trained run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--path", choices=["fast", "sample"], help="fast: adapted autoencoder alone; sample: DDIM "
+                                                              "(default: the run's preset)")
+    p.add_argument("--steps", type=int, help="DDIM steps for --path sample")
+    p.add_argument("--eta", type=float, help="DDIM eta (default: the run's, 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int, help="tile side in pixels (default: the run's)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels")
+    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--preserve-color", action="store_true", help="keep the input's low-frequency colour")
+    p.add_argument("--compare", action="store_true", help="also write a side-by-side before/after image")
+    p.set_defaults(handler=cmd_enhance)
+
+    p = sub.add_parser("evaluate", help="score a run on held-out data or real pairs")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--data", help="folder of clean images, degraded with the run's modality (default: held-out split)")
+    p.add_argument("--pairs", help="folder with lq/ and hq/: real pairs, scored whole at native resolution")
+    p.add_argument("--crops", type=int, help="number of held-out crops (default: the run's eval.crops)")
+    p.add_argument("--paths", help="comma-separated paths to score (default: all), e.g. fast,ddim10")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("degrade", help="write degraded copies of images plus their degradation parameters")
+    p.add_argument("--modality", required=True)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="modality option, e.g. --set degradation.name=cofe")
+    p.set_defaults(handler=cmd_degrade)
+
+    p = sub.add_parser("plugins", help="list loaded plugins, their distribution, version and hooks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_plugins)
+
+    p = sub.add_parser("list", help="list registered backbones, adaptors or modalities")
+    p.add_argument("what", choices=["backbones", "adaptors", "modalities"])
+    p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
+    p.set_defaults(handler=cmd_list)
+
+    hook = plugins().pm.hook
+    hook.rdiff_register_commands(subparsers=sub)
+    for name, sp in sub.choices.items():
+        hook.rdiff_add_cli_options(command=name, parser=sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rdiff.plugins import plugins
+
+    try:
+        plugins().warn_broken()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"rdiff: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rdiff: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+    except TrainingStopped as exc:
+        print(f"rdiff: stopped: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

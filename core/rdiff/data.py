@@ -1,0 +1,222 @@
+"""Data for both phases, model-agnostic: unpaired crops, pairs, and the fixed held-out set.
+
+Every random choice is seeded by ``(seed, index)``: item ``i`` of a dataset is the same crop in every run,
+on every process, before and after a resume. That is what lets a killed run continue at the exact data
+position and lets several processes shard the same stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rdiff.errors import UserError
+from rdiff.images import list_images
+from rdiff.modality import Modality
+
+
+@dataclass
+class Item:
+    """One image with its region of interest, and where it came from (for messages)."""
+
+    image: np.ndarray
+    roi: np.ndarray
+    source: str
+
+
+@dataclass
+class Pair:
+    lq: np.ndarray
+    hq: np.ndarray
+    roi: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def load_items(modality: Modality, data: str | None, split: str, resize: int | None, min_size: int) -> list[Item]:
+    """Images of ``split`` (``train``, ``heldout`` or ``all``): the modality's embedded samples, or a folder.
+
+    A folder is split by file (every 8th file is held out) when it has several files; a single file is
+    split by area (its right quarter is held out) so the held-out crops never overlap the training crops.
+    """
+    if data is None:
+        splits = ("train", "heldout") if split == "all" else (split,)
+        raw = [(img, f"embedded {modality.name} {s} sample {i}")
+               for s in splits for i, img in enumerate(modality.sample_images(s))]
+    else:
+        files = list_images(data, modality.suffixes)
+        raw = []
+        for path in files:
+            for k, img in enumerate(modality.read_stack(path)):
+                raw.append((img, str(path) if k == 0 else f"{path}[{k}]"))
+        if split == "all":
+            pass
+        elif len(raw) >= 2:
+            raw = [r for i, r in enumerate(raw) if (i % 8 == 7) == (split == "heldout")] or raw[-1:]
+        else:
+            img, name = raw[0]
+            cut = img.shape[1] * 3 // 4
+            raw = [(img[:, cut:] if split == "heldout" else img[:, :cut], name)]
+    items = []
+    for img, name in raw:
+        img = resize_longest(img, resize)
+        if min(img.shape[:2]) < min_size:
+            raise UserError(f"image '{name}' is {img.shape[1]}×{img.shape[0]} px, smaller than the "
+                            f"{min_size}-px training crops of this preset (set train.image_size lower).")
+        items.append(Item(img, modality.roi(img), name))
+    return items
+
+
+def resize_longest(image: np.ndarray, longest: int | None) -> np.ndarray:
+    """Downscale (never upscale) so the longest side is ``longest`` px; anti-aliased."""
+    if not longest or max(image.shape[:2]) <= longest:
+        return image
+    from skimage.transform import resize
+
+    scale = longest / max(image.shape[:2])
+    shape = (round(image.shape[0] * scale), round(image.shape[1] * scale), image.shape[2])
+    return resize(image, shape, anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
+def load_pair_folder(modality: Modality, folder: str, resize: int | None) -> list[Pair]:
+    """``folder/lq/*`` and ``folder/hq/*`` matched by file stem; a stem on one side only is an error."""
+    root = Path(folder)
+    lq_dir, hq_dir = root / "lq", root / "hq"
+    for d in (lq_dir, hq_dir):
+        if not d.is_dir():
+            raise UserError(f"pairs folder '{root}' needs the sub-folders lq/ and hq/; '{d}' is missing.")
+    lq = {p.relative_to(lq_dir).with_suffix("").as_posix(): p for p in list_images(lq_dir, modality.suffixes)}
+    hq = {p.relative_to(hq_dir).with_suffix("").as_posix(): p for p in list_images(hq_dir, modality.suffixes)}
+    for stem in sorted(lq.keys() ^ hq.keys()):
+        have, missing = (lq[stem], hq_dir) if stem in lq else (hq[stem], lq_dir)
+        raise UserError(f"'{have}' has no partner with the stem '{stem}' in '{missing}'.")
+    pairs = []
+    for stem in sorted(lq):
+        a, b = modality.read(lq[stem]), modality.read(hq[stem])
+        if a.shape != b.shape:
+            raise UserError(f"'{lq[stem]}' is {a.shape[1]}×{a.shape[0]} px but '{hq[stem]}' is "
+                            f"{b.shape[1]}×{b.shape[0]} px; pairs must have the same size.")
+        a, b = resize_longest(a, resize), resize_longest(b, resize)
+        pairs.append(Pair(a, b, modality.roi(b), {"source": stem}, str(lq[stem])))
+    return pairs
+
+
+# --- cropping ------------------------------------------------------------------------------------------------
+
+
+def random_crop(rng: np.random.Generator, image: np.ndarray, roi: np.ndarray, size: int,
+                min_roi: float = 0.5, tries: int = 20) -> tuple[int, int]:
+    """Top-left corner of a ``size``-px crop that is at least ``min_roi`` inside the roi (best of ``tries``)."""
+    h, w = roi.shape
+    best, best_frac = (0, 0), -1.0
+    for _ in range(tries):
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        frac = float(roi[y:y + size, x:x + size].mean())
+        if frac >= min_roi:
+            return y, x
+        if frac > best_frac:
+            best, best_frac = (y, x), frac
+    return best
+
+
+def augment(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random flip and quarter-turn for every array."""
+    k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(0, 1))
+        out.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
+    return out
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """H×W×C (or H×W bool roi) numpy -> C×H×W float tensor."""
+    if image.ndim == 2:
+        image = image[..., None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+def _pick(rng: np.random.Generator, items: list) -> Any:
+    # larger images are picked more often, so every pixel is about equally likely to be seen
+    area = np.array([getattr(it, "roi").sum() + 1.0 for it in items])
+    return items[int(rng.choice(len(items), p=area / area.sum()))]
+
+
+class CleanCrops(Dataset):
+    """Phase 1: ``length`` random augmented crops of clean images (optionally with a degraded copy)."""
+
+    def __init__(self, items: list[Item], size: int, length: int, seed: int, modality: Modality | None = None):
+        self.items, self.size, self.length, self.seed = items, size, length, seed
+        self.modality = modality  # set when the backbone's stage wants degraded copies
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        item = _pick(rng, self.items)
+        y, x = random_crop(rng, item.image, item.roi, self.size)
+        image, roi = augment(rng, item.image[y:y + self.size, x:x + self.size], item.roi[y:y + self.size, x:x + self.size])
+        batch = {"clean": to_tensor(image), "roi": to_tensor(roi)}
+        if self.modality is not None:
+            batch["degraded"] = to_tensor(self.modality.degrade(image, roi, rng)[0])
+        return batch
+
+
+class PairCrops(Dataset):
+    """Phase 2: ``length`` random augmented crops taken at the same place from both images of a pair."""
+
+    def __init__(self, pairs: list[Pair], size: int, length: int, seed: int):
+        self.pairs, self.size, self.length, self.seed = pairs, size, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        pair = self.pairs[index % len(self.pairs)]
+        y, x = random_crop(rng, pair.hq, pair.roi, self.size)
+        s = (slice(y, y + self.size), slice(x, x + self.size))
+        lq, hq, roi = augment(rng, pair.lq[s], pair.hq[s], pair.roi[s])
+        return {"lq": to_tensor(lq), "hq": to_tensor(hq), "roi": to_tensor(roi)}
+
+
+def degraded_crops(modality: Modality, items: list[Item], size: int, count: int, seed: int) -> list[Pair]:
+    """``count`` fixed crops of ``items``, each degraded by the modality (seeded): the on-the-fly pairs
+    and the held-out evaluation set."""
+    pairs = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        item = _pick(rng, items)
+        y, x = random_crop(rng, item.image, item.roi, size)
+        hq, roi = item.image[y:y + size, x:x + size].copy(), item.roi[y:y + size, x:x + size].copy()
+        lq, params = modality.degrade(hq, roi, rng)
+        pairs.append(Pair(lq.astype(np.float32), hq, roi, params, f"{item.source} crop {y},{x}"))
+    return pairs
+
+
+def fixed_crops(pairs: list[Pair], size: int, count: int, seed: int) -> list[Pair]:
+    """``count`` fixed crops of given pairs (validation and evaluation on user pairs)."""
+    out = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i])
+        pair = pairs[i % len(pairs)]
+        y, x = random_crop(rng, pair.hq, pair.roi, size)
+        s = (slice(y, y + size), slice(x, x + size))
+        out.append(Pair(pair.lq[s].copy(), pair.hq[s].copy(), pair.roi[s].copy(), pair.params, pair.source))
+    return out
+
+
+def stack(pairs: list[Pair]) -> dict[str, torch.Tensor]:
+    """A batch of pairs as tensors."""
+    return {"lq": torch.stack([to_tensor(p.lq) for p in pairs]),
+            "hq": torch.stack([to_tensor(p.hq) for p in pairs]),
+            "roi": torch.stack([to_tensor(p.roi) for p in pairs])}

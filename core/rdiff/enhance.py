@@ -1,0 +1,507 @@
+"""Enhancement at clinical resolution: whole photographs, tile by tile, in memory bounded by the tile.
+
+Fundus photographs are 2–4k pixels wide while backbones are trained on small crops. :func:`enhance_image`
+runs a backbone over overlapping tiles and blends them back without seams:
+
+- **Geometry.** The image is first given to the modality (:meth:`rdiff.Modality.preprocess`, e.g. crop to
+  the field of view and pad to a square) and the result is mapped back with the function it returns.
+- **Tiles.** The working image is covered by ``tile``-sized tiles on a stride of ``tile - overlap``; every
+  tile origin and size is a multiple of the backbone's ``size_multiple`` (the last tile of a row is moved
+  back to end at the border instead of being cut short). A tile that reaches past the border by less than
+  one size multiple is reflect-padded there and cropped afterwards. Images no larger than ``tile`` run in
+  one pass.
+- **Blending.** Each tile's output is weighted by a separable window that is flat in the tile's middle and
+  falls off with a raised cosine over the part it shares with each neighbour (flat on sides that touch the
+  image border, so the border keeps full weight). Opposite ramps of two neighbours sum to one, so a smooth
+  image stays smooth; the accumulated sum is divided by the accumulated weight at the end. A tile's own
+  border pixels — where a network's zero padding shows — thus carry almost no weight.
+- **Memory.** Only one float32 output and one float32 weight map of the image's size exist at a time; tiles
+  are cut, enhanced and accumulated one batch at a time, so peak memory grows with ``tile`` and ``batch``,
+  not with the image.
+- **Region of interest.** Tiles with no roi pixel are never computed, and every pixel outside the roi is
+  copied bit for bit from the input at the end (the black surround of a fundus photograph stays black).
+- **Shared noise.** Sampling paths of latent backbones get their initial noise from *one* field drawn for
+  the whole (padded) image from ``seed``; each tile receives its crop, so overlapping tiles start from the
+  same noise where they overlap and the result does not depend on where the tile borders fall.
+
+:func:`enhance_files` is what ``rdiff enhance`` runs: files, folders or glob patterns in, the same formats
+and bit depths out, one failed file reported and skipped without stopping the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import torch
+
+from rdiff import images
+from rdiff.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from rdiff.modality import Modality
+    from rdiff.reconstructor import Reconstructor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --- one image ---------------------------------------------------------------------------------------------
+
+
+def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray, *, roi: np.ndarray | None = None,
+                  path: str = "fast", steps: int = 10, eta: float = 1.0, seed: int = 0, tile: int = 256,
+                  overlap: int = 32, batch: int = 1, device: str | torch.device | None = None,
+                  dtype: str = "float32", preserve_color: bool = False, progress: bool = False) -> np.ndarray:
+    """The enhanced ``image`` (``H×W×C`` float32 in [0, 1]), same shape, at its native resolution.
+
+    Args:
+        backbone: a trained :class:`rdiff.Reconstructor` (with its adaptor attached, if any).
+        modality: the image's :class:`rdiff.Modality` (region of interest and geometry).
+        image: ``H×W×C`` float32 in [0, 1].
+        roi: where to enhance (bool ``H×W``); default ``modality.roi(image)``. Pixels outside stay as given.
+        path: the backbone's enhancement path (``backbone.paths()``), e.g. ``fast`` or ``sample``.
+        steps, eta: DDIM steps and eta of sampling paths.
+        seed: seeds the shared noise field and the sampler's per-step noise: same seed, same output.
+        tile, overlap: tile side and the overlap between neighbouring tiles, in pixels.
+        batch: tiles per forward pass.
+        device: where to compute; default the backbone's device. A backbone elsewhere is moved there for
+            the call and moved back afterwards (:func:`enhance_files` moves it once for all its files).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` autocast for the networks (weights stay as they
+            are); ``float16`` needs CUDA and falls back to float32 elsewhere with a warning.
+        preserve_color: keep the input's low-frequency colour (see :func:`preserve_low_frequency_color`).
+        progress: show a progress bar over tiles.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise UserError(f"the image to enhance must be H×W×C, got shape {tuple(image.shape)}.")
+    if image.shape[2] != backbone.channels:
+        raise UserError(f"the image has {image.shape[2]} channel(s) but the backbone works on {backbone.channels}.")
+    check_options(backbone, path=path, steps=steps, tile=tile, overlap=overlap, batch=batch)
+    target = resolve_device(backbone, device)
+    amp_dtype = resolve_dtype(dtype, target)
+
+    if roi is None:
+        roi = modality.roi(image)
+    roi = np.asarray(roi, dtype=bool)
+    if roi.shape != image.shape[:2]:
+        raise UserError(f"the roi has shape {roi.shape} but the image is {image.shape[0]}×{image.shape[1]}.")
+
+    work, work_roi, to_original = modality.preprocess(image, roi)
+    work = np.asarray(work, dtype=np.float32)
+    work_roi = np.asarray(work_roi, dtype=bool)
+
+    with on_device(backbone, target), _eval_mode(backbone), torch.no_grad():
+        result = _enhance_tiled(backbone, work, work_roi, path=path, steps=steps, eta=eta, seed=seed, tile=tile,
+                                overlap=overlap, batch=batch, device=target, amp_dtype=amp_dtype, progress=progress)
+    if preserve_color:
+        result = preserve_low_frequency_color(result, work, work_roi)
+    np.copyto(result, work, where=~work_roi[..., None])
+
+    final = np.asarray(to_original(result), dtype=np.float32)
+    if final.shape != image.shape:
+        raise RuntimeError(f"modality '{modality.name}' mapped the result back to shape {final.shape}, "
+                           f"not the input's {image.shape}.")
+    if not final.flags.writeable or np.shares_memory(final, image):
+        final = final.copy()
+    # The contract users rely on: outside the roi the output *is* the input, bit for bit.
+    np.copyto(final, image, where=~roi[..., None])
+    return final
+
+
+def check_options(backbone: Reconstructor, *, path: str, steps: int, tile: int, overlap: int, batch: int) -> None:
+    """Refuse bad enhancement options with one sentence (before any file is read)."""
+    paths = tuple(backbone.paths())
+    if path not in paths:
+        raise UserError(f"backbone '{backbone.registered_name}' has no enhancement path '{path}'"
+                        f"{did_you_mean(path, paths)}; paths: {', '.join(paths)}.")
+    multiple = int(backbone.size_multiple)
+    if tile < multiple:
+        raise UserError(f"tile {tile} is smaller than the backbone's size multiple {multiple}.")
+    if not 0 <= overlap < tile:
+        raise UserError(f"overlap {overlap} must be at least 0 and smaller than the tile ({tile}).")
+    if batch < 1:
+        raise UserError(f"batch must be at least 1, not {batch}.")
+    if steps < 1:
+        raise UserError(f"steps must be at least 1, not {steps}.")
+
+
+def resolve_device(backbone: Reconstructor, device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (default: where the backbone is); an unavailable one is a UserError."""
+    if device is None:
+        return _module_device(backbone)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device '{device}' is not a device name (e.g. cpu, cuda, cuda:1, mps).") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' is not available: this machine has no CUDA GPU.")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{device}' is not available on this machine.")
+    return target
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype; ``float16`` outside CUDA falls back to float32 (CPU half kernels are slow or
+    missing and bfloat16 would change results silently), with a warning."""
+    if dtype not in DTYPES:
+        raise UserError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}{did_you_mean(dtype, DTYPES)}.")
+    if dtype == "float16" and device.type != "cuda":
+        warnings.warn(f"float16 needs a CUDA device; computing in float32 on {device.type}.", stacklevel=3)
+        return torch.float32
+    return DTYPES[dtype]
+
+
+# --- tiling -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """How one image axis is cut into tiles."""
+
+    length: int  # the image's extent along this axis
+    padded: int  # ``length`` rounded up to the size multiple: the extent the tiles cover
+    size: int  # every tile's extent along this axis
+    starts: tuple[int, ...]  # tile origins (multiples of the size multiple)
+    windows: tuple[np.ndarray, ...]  # blending weight profile of each tile, length ``size``
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _ramp(length: int) -> np.ndarray:
+    """Raised cosine rising from near 0 to near 1 over ``length`` pixels; ``ramp + ramp[::-1] == 1``."""
+    k = np.arange(length, dtype=np.float64) + 0.5
+    return (0.5 - 0.5 * np.cos(np.pi * k / length)).astype(np.float32)
+
+
+def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> _Axis:
+    padded = _round_up(length, multiple)
+    if length <= tile:
+        return _Axis(length, padded, padded, (0,), (np.ones(padded, np.float32),))
+    size = tile // multiple * multiple
+    stride = max(multiple, (size - overlap) // multiple * multiple)  # overlap rounds up, never down
+    starts = (*range(0, padded - size, stride), padded - size)
+    windows = []
+    for i, start in enumerate(starts):
+        window = np.ones(size, np.float32)
+        # Ramp over exactly the span shared with each neighbour (capped at half a tile): the last tile,
+        # moved back to end at the border, shares more with its neighbour and gets a longer, gentler ramp.
+        before = starts[i - 1] + size - start if i > 0 else 0
+        after = start + size - starts[i + 1] if i + 1 < len(starts) else 0
+        before, after = min(before, size // 2), min(after, size // 2)
+        if before:
+            window[:before] = _ramp(before)
+        if after:
+            window[size - after:] = _ramp(after)[::-1]
+        windows.append(window)
+    return _Axis(length, padded, size, starts, tuple(windows))
+
+
+def _cut_tile(image: np.ndarray, y: int, x: int, height: int, width: int) -> np.ndarray:
+    """``image[y:y+height, x:x+width]``, reflect-padded where it reaches past the bottom/right border."""
+    crop = image[y:y + height, x:x + width]
+    missing_h, missing_w = height - crop.shape[0], width - crop.shape[1]
+    if missing_h or missing_w:
+        crop = np.pad(crop, ((0, missing_h), (0, missing_w), (0, 0)), mode="reflect")
+    return crop
+
+
+def _enhance_tiled(backbone: Reconstructor, image: np.ndarray, roi: np.ndarray, *, path: str, steps: int,
+                   eta: float, seed: int, tile: int, overlap: int, batch: int, device: torch.device,
+                   amp_dtype: torch.dtype, progress: bool) -> np.ndarray:
+    """Blend of the enhanced tiles of ``image``; pixels no computed tile covers are the input's."""
+    from tqdm.auto import tqdm
+
+    height, width, _ = image.shape
+    multiple = int(backbone.size_multiple)
+    rows, cols = _plan_axis(height, tile, overlap, multiple), _plan_axis(width, tile, overlap, multiple)
+    todo = [(i, j) for i, y in enumerate(rows.starts) for j, x in enumerate(cols.starts)
+            if roi[y:y + rows.size, x:x + cols.size].any()]
+
+    noise_crop = _shared_noise(backbone, path, seed, rows, cols)
+    generator = torch.Generator(device=device).manual_seed(seed)  # the sampler's per-step noise
+    autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype != torch.float32
+                else contextlib.nullcontext())
+
+    total = np.zeros(image.shape, np.float32)
+    weight = np.zeros(image.shape[:2], np.float32)
+    with tqdm(total=len(todo), unit="tile", disable=not progress, leave=False) as bar:
+        for first in range(0, len(todo), batch):
+            chunk = todo[first:first + batch]
+            origins = [(rows.starts[i], cols.starts[j]) for i, j in chunk]
+            tiles = np.stack([_cut_tile(image, y, x, rows.size, cols.size) for y, x in origins])
+            lq = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(device)
+            noise = (torch.stack([noise_crop(y, x) for y, x in origins]).to(device)
+                     if noise_crop is not None else None)
+            with autocast:
+                out = backbone.enhance(lq, path=path, steps=steps, eta=eta, generator=generator, noise=noise)
+            out = out.float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            for (i, j), (y, x), enhanced in zip(chunk, origins, out):
+                h, w = min(rows.size, height - y), min(cols.size, width - x)
+                window = np.outer(rows.windows[i][:h], cols.windows[j][:w])
+                total[y:y + h, x:x + w] += enhanced[:h, :w] * window[..., None]
+                weight[y:y + h, x:x + w] += window
+            bar.update(len(chunk))
+
+    covered = weight > 0
+    np.divide(total, weight[..., None], out=total, where=covered[..., None])
+    np.copyto(total, image, where=~covered[..., None])
+    return total
+
+
+def _shared_noise(backbone: Reconstructor, path: str, seed: int, rows: _Axis, cols: _Axis):
+    """For sampling paths of latent backbones: a function ``(y, x) -> that tile's crop`` of one noise field
+    drawn from ``seed`` for the whole padded image (on the CPU, so a seed means the same on every device)."""
+    if path == "fast" or "latent" not in backbone.capabilities or not hasattr(backbone, "latent_shape"):
+        return None
+    field = torch.randn(tuple(backbone.latent_shape(rows.padded, cols.padded)),
+                        generator=torch.Generator().manual_seed(seed))
+    factor_y, factor_x = rows.padded // field.shape[-2], cols.padded // field.shape[-1]
+    _, tile_h, tile_w = backbone.latent_shape(rows.size, cols.size)
+
+    def crop(y: int, x: int) -> torch.Tensor:
+        if y % factor_y or x % factor_x:
+            raise RuntimeError(f"tile origin ({y}, {x}) does not fall on the latent grid of "
+                               f"'{backbone.registered_name}' (size_multiple must be a multiple of its "
+                               f"latent downsampling {factor_y}×{factor_x}).")
+        return field[:, y // factor_y:y // factor_y + tile_h, x // factor_x:x // factor_x + tile_w]
+
+    return crop
+
+
+# --- colour --------------------------------------------------------------------------------------------------
+
+
+def preserve_low_frequency_color(result: np.ndarray, reference: np.ndarray, roi: np.ndarray,
+                                 sigma: float | None = None) -> np.ndarray:
+    """``result`` with the low-frequency chroma of ``reference``; its luminance is left as enhanced.
+
+    Why this and not a per-channel mean/std match: enhancement is *meant* to change brightness, contrast
+    and illumination (a std match would undo the contrast gain), while the colour shift generative models
+    are known for is a slow drift of hue. So the image is split into luminance and two colour differences
+    (Y, B−Y, R−Y as in BT.601); in the colour differences only, the result's low frequencies (Gaussian,
+    ``sigma`` default 1/64 of the longer side) are replaced by the reference's: enhanced vessels and
+    lesions keep their local colour, the overall tint is the input's. The low-pass is computed inside the
+    roi only (normalised convolution), so a black surround does not bleed into the rim of the field of
+    view. Grey images have no colour: they are returned unchanged.
+    """
+    if result.shape[2] != 3:
+        return result
+    height, width = result.shape[:2]
+    sigma = max(height, width) / 64 if sigma is None else sigma
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    mask = roi.astype(np.float32)
+
+    y_out = result @ luma
+    for channel in (2, 0):  # B−Y then R−Y
+        chroma_out = result[..., channel] - y_out
+        chroma_ref = reference[..., channel] - reference @ luma
+        chroma_out += _masked_lowpass(chroma_ref, mask, sigma) - _masked_lowpass(chroma_out, mask, sigma)
+        result[..., channel] = chroma_out + y_out
+    # G follows from Y = 0.299 R + 0.587 G + 0.114 B with the new R and B.
+    result[..., 1] = (y_out - luma[0] * result[..., 0] - luma[2] * result[..., 2]) / luma[1]
+    return np.clip(result, 0.0, 1.0, out=result)
+
+
+def _masked_lowpass(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian low-pass of ``values`` over ``mask`` only, computed at reduced resolution (a low-pass has
+    nothing to lose there) and interpolated back: a 4k image costs milliseconds and no float64 copies."""
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+
+    height, width = values.shape
+    factor = max(1, int(sigma // 2))
+    small = (max(1, -(-height // factor)), max(1, -(-width // factor)))
+    stacked = torch.from_numpy(np.stack([values * mask, mask]))[None]
+    low = F.interpolate(stacked, size=small, mode="area")[0].numpy()
+    low = np.stack([gaussian_filter(plane, sigma / factor, mode="nearest") for plane in low])
+    ratio = torch.from_numpy(low[0] / np.maximum(low[1], 1e-6))[None, None]
+    return F.interpolate(ratio, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+# --- devices and modes -----------------------------------------------------------------------------------------
+
+
+def _parts(backbone: Reconstructor) -> list[torch.nn.Module]:
+    """The backbone and its attached adaptor (which is deliberately not a submodule of it)."""
+    return [backbone] + ([backbone.adaptor] if getattr(backbone, "adaptor", None) is not None else [])
+
+
+def _module_device(backbone: Reconstructor) -> torch.device:
+    for module in _parts(backbone):
+        for tensor in (*module.parameters(), *module.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_device(backbone: Reconstructor, device: torch.device) -> Iterator[None]:
+    """The backbone (and adaptor) on ``device`` inside the block, back where it was afterwards."""
+    original = _module_device(backbone)
+    if original == device:
+        yield
+        return
+    for module in _parts(backbone):
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in _parts(backbone):
+            module.to(original)
+
+
+@contextlib.contextmanager
+def _eval_mode(backbone: Reconstructor) -> Iterator[None]:
+    """Evaluation mode inside the block; every module's own train/eval flag restored afterwards (the
+    engine enhances held-out images in the middle of training)."""
+    modes = [(module, module.training) for part in _parts(backbone) for module in part.modules()]
+    for part in _parts(backbone):
+        part.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+
+def collect_inputs(inputs: list[str], suffixes: tuple[str, ...] = images.SUFFIXES) -> list[tuple[Path, Path]]:
+    """``(file, name relative to its input)`` for every file named by ``inputs``: files as given, folders
+    recursively (files with ``suffixes``), glob patterns (``**`` recurses). A file found twice counts once."""
+    found: dict[Path, tuple[Path, Path]] = {}
+
+    def add(file: Path, relative: Path) -> None:
+        found.setdefault(file.resolve(), (file, relative))
+
+    for spec in inputs:
+        spec = str(spec)
+        given = Path(spec)
+        if given.is_dir():
+            for file in images.list_images(given, suffixes):
+                add(file, file.relative_to(given))
+        elif given.is_file():
+            add(given, Path(given.name))
+        elif any(char in spec for char in "*?["):
+            root = Path(*_until_magic(given.parts))  # names are kept relative to the pattern's fixed part
+            matches = [Path(m) for m in sorted(glob.glob(spec, recursive=True))]
+            files = []
+            for match in matches:
+                if match.is_dir():
+                    files += [(f, f.relative_to(root)) for f in sorted(match.rglob("*"))
+                              if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")]
+                elif match.is_file():
+                    files.append((match, match.relative_to(root)))
+            if not files:
+                raise UserError(f"input pattern '{spec}' matches no files.")
+            for file, relative in files:
+                add(file, relative)
+        else:
+            raise UserError(f"input '{spec}' does not exist.")
+    return list(found.values())
+
+
+def _has_magic(part: str) -> bool:
+    return any(char in part for char in "*?[")
+
+
+def _until_magic(parts: tuple[str, ...]) -> Iterator[str]:
+    for part in parts:
+        if _has_magic(part):
+            return
+        yield part
+
+
+def _output_path(out_dir: Path, relative: Path, suffix: str | None) -> Path:
+    return out_dir / relative.parent / f"{relative.stem}{suffix or ''}{relative.suffix}"
+
+
+def _side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    gap = np.ones((before.shape[0], max(4, before.shape[1] // 100), before.shape[2]), np.float32)
+    return np.concatenate([before, gap, after], axis=1)
+
+
+def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str | None = None,
+                  steps: int | None = None, eta: float | None = None, seed: int = 0, tile: int | None = None,
+                  overlap: int | None = None, batch: int = 1, device: str | torch.device | None = None,
+                  dtype: str = "float32", preserve_color: bool = False, compare: bool = False,
+                  suffix: str | None = None) -> int:
+    """Enhance every file named by ``inputs`` into ``out_dir``; ``rdiff enhance`` in a function.
+
+    ``run`` provides ``backbone``, ``modality``, ``default_path`` and ``tile`` (a loaded :class:`rdiff.Run`).
+    Files keep their names relative to the folder (or pattern root) they were found in, their format and
+    bit depth; ``suffix`` is appended to each stem (``a.png`` → ``a_enh.png`` with ``suffix="_enh"``).
+    ``compare`` also writes ``<stem>_compare.png``: input and enhanced side by side (the middle slice of
+    a volume). Defaults: the run's path and tile, ``overlap = tile // 8``, 10 steps, eta 1.
+
+    A file that cannot be read or written is reported by name and skipped. Returns the exit code: 0 when
+    every file was enhanced, 2 when any failed. Bad options or missing inputs raise :class:`UserError`
+    before any work is done.
+    """
+    from tqdm.auto import tqdm
+
+    backbone, modality = run.backbone, run.modality
+    path = run.default_path if path is None else path
+    tile = int(run.tile) if tile is None else tile
+    overlap = tile // 8 if overlap is None else overlap
+    steps = 10 if steps is None else steps
+    eta = 1.0 if eta is None else eta
+    check_options(backbone, path=path, steps=steps, tile=tile, overlap=overlap, batch=batch)
+    target = resolve_device(backbone, device)
+    resolve_dtype(dtype, target)  # refuse a bad dtype now, not once per file
+
+    out_dir = Path(out_dir)
+    jobs = []
+    seen: dict[Path, Path] = {}
+    for file, relative in collect_inputs(inputs, tuple(modality.suffixes)):
+        output = _output_path(out_dir, relative, suffix)
+        if output.resolve() == file.resolve():
+            raise UserError(f"enhancing '{file}' would overwrite it; choose another output folder or a suffix.")
+        if output.resolve() in seen:
+            raise UserError(f"'{file}' and '{seen[output.resolve()]}' would both be written to '{output}'; "
+                            f"enhance them into different folders.")
+        seen[output.resolve()] = file
+        jobs.append((file, relative, output))
+
+    failed: list[str] = []
+    started = time.perf_counter()
+    with on_device(backbone, target), tqdm(jobs, unit="image", disable=None) as bar:
+        for file, relative, output in bar:
+            bar.set_postfix_str(str(relative), refresh=False)
+            began = time.perf_counter()
+            try:
+                stack = modality.read_stack(file)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the float16 fallback was warned about once already
+                    results = [enhance_image(backbone, modality, image, path=path, steps=steps, eta=eta,
+                                             seed=seed, tile=tile, overlap=overlap, batch=batch, device=target,
+                                             dtype=dtype, preserve_color=preserve_color,
+                                             progress=not bar.disable) for image in stack]
+                modality.write_stack(output, results, like=file)
+                if compare:
+                    middle = len(stack) // 2
+                    images.write_image(output.with_name(f"{output.stem}_compare.png"),
+                                       _side_by_side(stack[middle], results[middle]), bits=8)
+            except UserError as exc:
+                failed.append(str(relative))
+                tqdm.write(f"FAILED {relative}: {exc}", file=sys.stderr)
+                continue
+            height, width = stack[0].shape[:2]
+            size = f"{width}×{height}" + (f"×{len(stack)}" if len(stack) > 1 else "")
+            tqdm.write(f"{relative}  {size}  {time.perf_counter() - began:.1f} s")
+
+    seconds = time.perf_counter() - started
+    summary = f"{len(jobs) - len(failed)} enhanced, {len(failed)} failed, {seconds:.1f} s -> {out_dir}"
+    if failed:
+        summary += f" (failed: {', '.join(failed)})"
+    print(summary, file=sys.stderr if failed else sys.stdout)
+    return 2 if failed else 0

@@ -1,0 +1,107 @@
+"""Scoring a backbone on a fixed set of degraded/clean pairs, inside the region of interest.
+
+Every path the backbone offers is scored (``fast``, ``ddimK`` for each K in ``eval.sample_steps``), plus the
+degraded input itself and, when an adaptor is attached, the reconstruction-only model (adaptor off).
+Scores are also broken down by degradation type (the ``types`` each degradation reports).
+Evaluation runs on the main process only (held-out sets are small next to training); metrics are told not
+to synchronise, so the other processes never wait in a collective call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from rdiff.data import Pair, stack
+from rdiff.modality import Modality
+from rdiff.reconstructor import Reconstructor
+
+
+def path_options(backbone: Reconstructor, sample_steps: list[int], eta: float) -> dict[str, dict[str, Any]]:
+    """Report name -> enhance() keywords for every path of ``backbone``: ``fast``, ``ddim10``, ..."""
+    options: dict[str, dict[str, Any]] = {}
+    for path in backbone.paths():
+        if path == "sample":
+            for k in sample_steps:
+                options[f"ddim{k}"] = {"path": "sample", "steps": int(k), "eta": eta}
+        else:
+            options[path] = {"path": path}
+    return options
+
+
+def _batches(items: list[Pair], size: int) -> Iterator[list[Pair]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@torch.no_grad()
+def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor], torch.Tensor],
+          device: torch.device, batch_size: int = 16) -> dict[str, Any]:
+    """Metrics of ``produce(lq)`` against hq over ``pairs``, overall and by degradation type."""
+    overall = _local(modality.metrics().to(device))
+    by_type: dict[str, Any] = {}
+    for chunk in _batches(pairs, batch_size):
+        batch = {k: v.to(device) for k, v in stack(chunk).items()}
+        out = produce(batch["lq"]).float().clamp(0, 1)
+        overall.update(out, batch["hq"], batch["roi"])
+        for i, pair in enumerate(chunk):
+            for kind in pair.params.get("types", []):
+                if kind not in by_type:
+                    by_type[kind] = _local(modality.metrics().to(device))
+                by_type[kind].update(out[i:i + 1], batch["hq"][i:i + 1], batch["roi"][i:i + 1])
+    result = {k: _number(v) for k, v in overall.compute().items()}
+    if by_type:
+        result["by_type"] = {kind: {k: _number(v) for k, v in m.compute().items()} for kind, m in sorted(by_type.items())}
+    return result
+
+
+def _local(collection: Any) -> Any:
+    for metric in collection.values():
+        metric.sync_on_compute = False
+    return collection
+
+
+def _number(value: torch.Tensor) -> float:
+    return round(float(value), 4)
+
+
+def evaluate(backbone: Reconstructor, modality: Modality, pairs: list[Pair], *, default_path: str,
+             sample_steps: list[int], eta: float, seed: int, device: torch.device,
+             paths: list[str] | None = None, autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
+    """The ``eval`` section of report.json."""
+    backbone.eval()
+    options = path_options(backbone, sample_steps, eta)
+    if paths:
+        options = {name: opts for name, opts in options.items() if name in paths}
+
+    def run_path(opts: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+        def produce(lq: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                return backbone.enhance(lq, generator=generator, **opts)
+        return produce
+
+    report: dict[str, Any] = {"crops": len(pairs), "input": score(modality, pairs, lambda lq: lq, device)}
+    report["paths"] = {name: score(modality, pairs, run_path(opts), device) for name, opts in options.items()}
+    if backbone.adaptor is not None and "fast" in options:
+        with backbone.base_only():
+            report["reconstruct_only"] = score(modality, pairs, run_path(options["fast"]), device)
+    chosen = default_path if default_path in report["paths"] else next(iter(report["paths"]))
+    report["default_path"] = chosen
+    report["enhanced"] = report["paths"][chosen]
+    return report
+
+
+def validation_psnr(backbone: Reconstructor, modality: Modality, pairs: list[Pair], opts: dict[str, Any],
+                    device: torch.device, seed: int) -> float:
+    """Mean PSNR of one path on the validation pairs (the early-stopping criterion of phase 2)."""
+    backbone.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    result = score(modality, pairs, lambda lq: backbone.enhance(lq, generator=generator, **opts), device)
+    backbone.train()
+    return float(result["psnr"]) if np.isfinite(result["psnr"]) else float("-inf")

@@ -1,0 +1,118 @@
+"""The whole plugin API of rdiff: every hook a plugin may implement.
+
+A plugin is a module (or object) exposed through the ``rdiff`` entry-point group::
+
+    # pyproject.toml of a third-party package
+    [project.entry-points.rdiff]
+    histology = "rdiff_histology"
+
+whose functions are marked with :data:`hookimpl`::
+
+    from rdiff import hookimpl
+
+    @hookimpl
+    def rdiff_register_modalities(register):
+        register("histology", build=_build, config=HistologyConfig, summary="H&E slides")
+
+rdiff calls every hook with keyword arguments, so an implementation may accept only the arguments it needs.
+A function named ``rdiff_*`` and marked as a hook that is not listed here makes its plugin fail to load
+with an error naming the function (a misspelled hook never silently does nothing).
+
+``register`` takes a name, a ``build`` callable and metadata; see :class:`rdiff.plugins.Register` for the
+keywords. ``build`` is called only when the component is used, so a plugin module should import torch and
+other heavy libraries inside ``build`` (or the module it imports there): ``rdiff --help`` and ``rdiff
+plugins`` must stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import argparse
+    from pathlib import Path
+
+    from rdiff.plugins import Register
+
+hookspec = pluggy.HookspecMarker("rdiff")
+hookimpl = pluggy.HookimplMarker("rdiff")
+
+
+# --- registration: what a plugin provides -------------------------------------------------------------
+
+
+@hookspec
+def rdiff_register_backbones(register: Register) -> None:
+    """Register reconstruction backbones (subclasses of :class:`rdiff.Reconstructor`).
+
+    ``register(name, build=..., config=..., summary=..., capabilities=(...), presets={...})``.
+    ``build(config, channels)`` returns the backbone; ``config`` is an instance of the ``config``
+    dataclass filled from the preset and the user's overrides. ``capabilities`` name what adaptors may
+    rely on (``latent``, ``concat_condition``, ``down_residuals``, ``lora_targets``, ``sampling``).
+    """
+
+
+@hookspec
+def rdiff_register_adaptors(register: Register) -> None:
+    """Register phase-2 adaptors (subclasses of :class:`rdiff.Adaptor`).
+
+    ``register(name, build=..., config=..., summary=..., requires=(...))``. ``build(config, backbone)``
+    returns the adaptor, already attached to the frozen backbone. ``requires`` lists backbone
+    capabilities; a backbone lacking one is refused before ``build`` is called.
+    """
+
+
+@hookspec
+def rdiff_register_modalities(register: Register) -> None:
+    """Register modalities (subclasses of :class:`rdiff.Modality`).
+
+    ``register(name, build=..., config=..., summary=...)``. ``build(config)`` returns the modality.
+    """
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+
+@hookspec
+def rdiff_add_cli_options(command: str, parser: argparse.ArgumentParser) -> None:
+    """Add options to the built-in subcommand ``command`` (``train``, ``enhance``, ...).
+
+    Their parsed values reach the plugin through :func:`rdiff_run_started` as ``cli_args``. Use a
+    prefix of the plugin's name for option names so two plugins never clash.
+    """
+
+
+@hookspec
+def rdiff_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add whole subcommands: ``p = subparsers.add_parser(...)``; ``p.set_defaults(handler=fn)``.
+
+    ``fn(args) -> int`` runs the command and returns the exit code.
+    """
+
+
+# --- observers: called by the engine, return values are ignored --------------------------------------------
+
+
+@hookspec
+def rdiff_run_started(run_dir: Path, config: Any, cli_args: Any) -> None:
+    """A training run is about to start (on the main process only). ``config`` is the resolved
+    :class:`rdiff.config.RunConfig`; ``cli_args`` the parsed command line, or ``None`` from Python."""
+
+
+@hookspec
+def rdiff_step_end(phase: str, stage: str, step: int, logs: dict[str, float]) -> None:
+    """An optimisation step finished (main process only). ``phase`` is ``reconstruct`` or ``adapt``;
+    ``stage`` the backbone stage (e.g. ``autoencoder``, ``denoiser``, or ``adapt``); ``logs`` the
+    numbers written to metrics.jsonl for this step."""
+
+
+@hookspec
+def rdiff_checkpoint_saved(phase: str, stage: str, step: int, path: Path) -> None:
+    """A checkpoint was written atomically to ``path`` (main process only)."""
+
+
+@hookspec
+def rdiff_run_finished(run_dir: Path, report: dict[str, Any]) -> None:
+    """A run finished and ``report.json`` was written; ``report`` is its content."""

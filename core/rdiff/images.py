@@ -1,0 +1,161 @@
+"""Reading and writing images of any common kind: PNG/JPEG/TIFF, 8 or 16 bit, grey, RGB or RGBA.
+
+Images come back as ``H×W×C`` float32 in [0, 1]; the file's format and bit depth are remembered so an
+enhanced image can be written back the way it came in.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from rdiff.errors import UserError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def read_image(path: str | Path, channels: int = 3) -> np.ndarray:
+    """``H×W×channels`` float32 in [0, 1]. Grey becomes RGB when 3 channels are asked and vice versa;
+    alpha is dropped. Raises :class:`UserError` naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image file '{path}' does not exist.")
+    try:
+        array = _read_raw(path)
+    except Exception as exc:  # noqa: BLE001 - every decoder error means the same to a user
+        raise UserError(f"cannot read image '{path}': {type(exc).__name__}: {exc}".rstrip(".") + ".") from None
+    return to_float(array, channels, str(path))
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int32)
+        if im.mode not in ("L", "RGB", "RGBA", "LA"):
+            im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+        return np.asarray(im)
+
+
+def to_float(array: np.ndarray, channels: int = 3, name: str = "image") -> np.ndarray:
+    """Any integer or float array (H×W or H×W×C) as ``H×W×channels`` float32 in [0, 1]."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[0] < 2 or array.shape[1] < 2:
+        raise UserError(f"'{name}' is not a 2-D image (shape {tuple(array.shape)}).")
+    if array.shape[2] in (2, 4):  # drop alpha
+        array = array[..., :-1]
+    if array.dtype == np.uint8:
+        out = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        out = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.integer):
+        out = array.astype(np.float32) / max(float(array.max()), 1.0)
+    else:
+        out = np.clip(array.astype(np.float32), 0.0, 1.0)
+    if out.shape[2] == channels:
+        return np.ascontiguousarray(out)
+    if channels == 1:  # luminance (ITU-R 601)
+        return np.ascontiguousarray(out[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    if out.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(out, channels, axis=2))
+    raise UserError(f"'{name}' has {out.shape[2]} channels; this modality needs {channels}.")
+
+
+def bit_depth(path: str | Path) -> int:
+    """8 or 16: the bit depth of an existing image file."""
+    path = Path(path)
+    try:
+        return 16 if _read_raw(path).dtype in (np.uint16, np.int32) else 8
+    except Exception:  # noqa: BLE001
+        return 8
+
+
+def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = None, bits: int | None = None) -> Path:
+    """Write ``H×W×C`` (C = 1 or 3) float image in [0, 1] atomically. The format follows ``path``'s suffix;
+    the bit depth follows ``bits``, else ``like``'s file, else 8 (JPEG is always 8 bit)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if bits is None:
+        bits = bit_depth(like) if like is not None else 8
+    if suffix in (".jpg", ".jpeg", ".bmp"):
+        bits = 8
+    image = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    scale, dtype = (65535.0, np.uint16) if bits == 16 else (255.0, np.uint8)
+    data = np.round(image * scale).astype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, data)
+        elif suffix == ".png" and bits == 16:
+            _write_png16(tmp, data)
+        else:
+            from PIL import Image
+
+            Image.fromarray(data).save(tmp, **({"quality": 95} if suffix in (".jpg", ".jpeg") else {}),
+                                       format={".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(suffix, "PNG"))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _write_png16(path: str, data: np.ndarray) -> None:
+    """16-bit PNG (grey or RGB); Pillow writes only 16-bit grey, imageio (a scikit-image dependency) both."""
+    import imageio.v3 as iio
+
+    iio.imwrite(path, data, extension=".png")
+
+
+def list_images(folder: str | Path, suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
+    """Every image below ``folder`` (recursive, sorted); hidden files are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"data folder '{folder}' does not exist or is not a folder.")
+    found = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+    if not found:
+        raise UserError(f"data folder '{folder}' holds no images ({', '.join(suffixes)}).")
+    return found
+
+
+def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[tuple[Path, Path]]:
+    """Files, folders (recursive) and glob patterns -> ``(file, path relative to its input)`` pairs, in order,
+    without duplicates. An input that matches nothing raises :class:`UserError` naming it."""
+    import glob
+
+    out: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            found = [(p, p.relative_to(path)) for p in list_images(path, suffixes)]
+        elif path.is_file():
+            found = [(path, Path(path.name))]
+        else:
+            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+            found = [(m, Path(m.name)) for m in matches if m.is_file() and m.suffix.lower() in suffixes]
+            if not found:
+                raise UserError(f"input '{spec}' is not a file, a folder or a pattern that matches images.")
+        for file, rel in found:
+            if file.resolve() not in seen:
+                seen.add(file.resolve())
+                out.append((file, rel))
+    return out

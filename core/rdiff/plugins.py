@@ -1,0 +1,180 @@
+"""Plugin discovery (pluggy + the ``rdiff`` entry-point group) and the three component registries.
+
+Environment variables:
+
+``RDIFF_DISABLE_PLUGIN_AUTOLOAD=1``
+    load no entry point at all; only the modules named in ``RDIFF_PLUGINS`` (comma-separated import
+    names) are loaded. Tests use this to run against an exact set of plugins.
+``RDIFF_BLOCK_PLUGINS=name,name``
+    never load these plugins (entry-point names, e.g. ``oct``).
+
+A plugin that fails to import, implements an unknown hook or raises while registering is recorded in
+:attr:`Plugins.broken` with its error and left out; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from rdiff import hookspecs
+from rdiff.catalogue import catalogue
+from rdiff.errors import UserError, did_you_mean
+
+KINDS = ("backbone", "adaptor", "modality")
+_PLURAL = {"backbone": "backbones", "adaptor": "adaptors", "modality": "modalities"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component: how to build it and what it declares about itself."""
+
+    kind: str
+    name: str
+    build: Callable[..., Any]
+    config: type | None
+    summary: str
+    plugin: str
+    capabilities: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    presets: dict[str, dict] = field(default_factory=dict)
+
+
+class Register:
+    """The callable a ``rdiff_register_*`` hook receives.
+
+    ``register(name, build, *, config=None, summary="", capabilities=(), requires=(), presets=None)``
+
+    - ``build``: backbone ``build(config, channels)``, adaptor ``build(config, backbone)``,
+      modality ``build(config)``; called only when the component is used.
+    - ``config``: a dataclass whose fields are the component's options (its defaults are the defaults;
+      its docstring and field comments become the configuration reference).
+    - ``presets``: named partial run configurations (only for backbones not catalogued in the built-in
+      registry.yaml, whose presets live there).
+    """
+
+    def __init__(self, plugins: Plugins, kind: str, plugin: str):
+        self._plugins, self._kind, self._plugin = plugins, kind, plugin
+
+    def __call__(self, name: str, build: Callable[..., Any], *, config: type | None = None, summary: str = "",
+                 capabilities: tuple[str, ...] | list[str] = (), requires: tuple[str, ...] | list[str] = (),
+                 presets: dict[str, dict] | None = None) -> None:
+        table = self._plugins.entries[self._kind]
+        if name in table:
+            raise ValueError(f"{self._kind} '{name}' is already registered by plugin '{table[name].plugin}'")
+        table[name] = Entry(self._kind, name, build, config, summary, self._plugin,
+                            tuple(capabilities), tuple(requires), dict(presets or {}))
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    hooks: list[str]
+
+
+class Plugins:
+    """The loaded plugins and everything they registered."""
+
+    def __init__(self, autoload: bool | None = None, extra: list[Any] | None = None):
+        self.pm = pluggy.PluginManager("rdiff")
+        self.pm.add_hookspecs(hookspecs)
+        self.broken: dict[str, str] = {}
+        self.info: dict[str, PluginInfo] = {}
+        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        blocked = _csv(os.environ.get("RDIFF_BLOCK_PLUGINS"))
+        for name in blocked:
+            self.pm.set_blocked(name)
+        if autoload is None:
+            autoload = not os.environ.get("RDIFF_DISABLE_PLUGIN_AUTOLOAD")
+        if autoload:
+            for ep in metadata.entry_points(group="rdiff"):
+                if ep.name in blocked or self.pm.has_plugin(ep.name) or ep.name in self.broken:
+                    continue
+                dist = getattr(ep, "dist", None)
+                self._add(ep.name, ep.load, dist.name if dist else None, dist.version if dist else None)
+        for module_name in _csv(os.environ.get("RDIFF_PLUGINS")):
+            if module_name not in blocked and not self.pm.has_plugin(module_name):
+                self._add(module_name, lambda m=module_name: importlib.import_module(m), None, None)
+        for obj in extra or []:
+            name = getattr(obj, "__name__", type(obj).__name__)
+            self._add(name, lambda o=obj: o, None, None)
+        self.pm.check_pending()  # every hook left registered has a spec
+        for kind in KINDS:
+            self._collect(kind)
+
+    # -- loading ----------------------------------------------------------------------------------------
+    def _add(self, name: str, load: Callable[[], Any], dist: str | None, version: str | None) -> None:
+        try:
+            plugin = load()
+            unknown = [n for n, _ in inspect.getmembers(plugin)
+                       if n.startswith("rdiff_") and not hasattr(self.pm.hook, n)]
+            if unknown:
+                hooks = [n for n in dir(hookspecs) if n.startswith("rdiff_")]
+                raise UserError(f"unknown hook '{unknown[0]}'{did_you_mean(unknown[0], hooks)}")
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
+            self.broken[name] = f"{type(exc).__name__}: {exc}"
+            return
+        hooks = sorted(impl_name for impl_name in dir(self.pm.hook)
+                       if not impl_name.startswith("_")
+                       and any(i.plugin is plugin for i in getattr(self.pm.hook, impl_name).get_hookimpls()))
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        self.info[name] = PluginInfo(name, module, dist, version, hooks)
+
+    def _collect(self, kind: str) -> None:
+        hook = getattr(self.pm.hook, f"rdiff_register_{_PLURAL[kind]}")
+        for impl in hook.get_hookimpls():
+            name = self.pm.get_name(impl.plugin)
+            try:
+                impl.function(register=Register(self, kind, name))
+            except Exception as exc:  # noqa: BLE001
+                self.broken[name] = f"{type(exc).__name__} while registering {_PLURAL[kind]}: {exc}"
+
+    def warn_broken(self) -> None:
+        for name, error in self.broken.items():
+            print(f"rdiff: plugin '{name}' failed to load and was skipped: {error}", file=sys.stderr)
+
+    # -- lookup -----------------------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Entry:
+        table = self.entries[kind]
+        if name in table:
+            return table[name]
+        installed = ", ".join(sorted(table)) or "none"
+        hint = did_you_mean(name, table)
+        known = catalogue().get(_PLURAL[kind], {}).get(name)
+        if known:
+            hint += (f"; '{name}' is provided by the '{known.get('package', 'rdiff')}' package"
+                     f"{' but its plugin failed to load: ' + self.broken[known['plugin']] if known.get('plugin') in self.broken else ', is it installed and not blocked?'}")
+        raise UserError(f"unknown {kind} '{name}'{hint}; installed {_PLURAL[kind]}: {installed}.")
+
+    def presets(self, entry: Entry) -> dict[str, dict]:
+        """Named presets for a backbone: registry.yaml's for catalogued ones, else the plugin's own."""
+        listed = catalogue().get(_PLURAL[entry.kind], {}).get(entry.name, {}).get("presets")
+        return dict(listed) if listed else dict(entry.presets)
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@lru_cache(maxsize=1)
+def plugins() -> Plugins:
+    """The process-wide plugin set (loaded once)."""
+    return Plugins()
+
+
+def reset() -> None:
+    """Forget the loaded plugins (tests change the environment and reload)."""
+    plugins.cache_clear()

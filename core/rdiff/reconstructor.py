@@ -1,0 +1,132 @@
+"""The Reconstructor role: a generative backbone trained in phase 1 to reconstruct unpaired images.
+
+The engine never sees timesteps, latents or codebooks: it asks the backbone for a loss per stage, for
+the phase-2 loss, and for enhanced images. Everything a backbone knows about itself stays inside it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from rdiff.adaptor import Adaptor
+
+
+@dataclass
+class AdaptationTarget:
+    """A place where an adaptor may act: the *end of a residual branch* inside the backbone.
+
+    A residual adaptor adds ``f(output)`` to ``module``'s output, i.e. on the residual branch before the
+    block's skip addition (for a diffusers ``ResnetBlock2D`` that module is its ``conv2``).
+    """
+
+    name: str  # dotted path inside the backbone, stable across runs (adaptor weights are keyed by it)
+    group: str  # "encoder", "denoiser_down", "denoiser_mid" or "denoiser_up"
+    module: nn.Module
+    channels: int
+    layout: Literal["BCHW", "BLC"] = "BCHW"  # image-shaped features or token sequences
+
+
+class Reconstructor(nn.Module, ABC):
+    """A backbone. Inputs and outputs are ``B×C×H×W`` tensors in [0, 1]; rois ``B×1×H×W`` in {0, 1}."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    stages: ClassVar[tuple[str, ...]] = ()  # phase-1 stages in training order, e.g. autoencoder, denoiser
+    size_multiple: ClassVar[int] = 1  # H and W given to the networks must be multiples of this
+
+    def __init__(self, config: Any, channels: int):
+        super().__init__()
+        self.config = config
+        self.channels = channels
+        self.registered_name = type(self).__name__  # the name it was created under (set by create_backbone)
+        object.__setattr__(self, "adaptor", None)  # set by an Adaptor; not a submodule of the base
+
+    def forward(self, task: str, *args: Any, **kwargs: Any) -> Any:
+        """Training entry point: ``task`` is ``"reconstruction_loss"`` or ``"adaptation_loss"``.
+
+        The engine calls losses through ``forward`` so that DistributedDataParallel, which only hooks
+        ``forward``, synchronises the gradients of every loss."""
+        if task not in ("reconstruction_loss", "adaptation_loss"):
+            raise ValueError(f"unknown task {task!r}")
+        return getattr(self, task)(*args, **kwargs)
+
+    # --- phase 1 -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def stage_parameters(self, stage: str) -> list[nn.Parameter]:
+        """The parameters trained in phase-1 ``stage`` (the others stay frozen meanwhile)."""
+
+    @abstractmethod
+    def reconstruction_loss(self, stage: str, clean: torch.Tensor, roi: torch.Tensor,
+                            degraded: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        """The self-supervised loss of ``stage`` on a batch of clean images (optionally with logs).
+        ``degraded`` (the same images through the modality's degradation) is given only for stages for
+        which :meth:`needs_degraded` is true."""
+
+    def needs_degraded(self, stage: str) -> bool:
+        """Whether phase-1 ``stage`` wants degraded copies of its clean images (a degraded pretext)."""
+        return False
+
+    # --- phase 2 -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def adaptation_targets(self) -> list[AdaptationTarget]:
+        """Where adaptors may act."""
+
+    @abstractmethod
+    def adaptation_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        """The phase-2 loss on pairs, with the adaptor on; use :meth:`base_only` for the frozen original."""
+
+    def finetune_parameters(self) -> list[nn.Parameter]:
+        """What ``train.train_base`` fine-tunes in phase 2 besides the adaptor (default: the last stage)."""
+        return self.stage_parameters(self.stages[-1])
+
+    @contextmanager
+    def base_only(self) -> Iterator[None]:
+        """Run the frozen original backbone: every attached adaptor switched off inside the block."""
+        with self.adaptor.disabled() if self.adaptor is not None else nullcontext():
+            yield
+
+    # --- enhancement ---------------------------------------------------------------------------------------
+    def paths(self) -> tuple[str, ...]:
+        """Enhancement paths: ``fast`` (one forward pass) always, ``sample`` for diffusion backbones."""
+        return ("fast", "sample") if "sampling" in self.capabilities else ("fast",)
+
+    @abstractmethod
+    def enhance(self, lq: torch.Tensor, *, path: str = "fast", steps: int = 10, eta: float = 1.0,
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Enhanced images in [0, 1], same shape as ``lq`` (H, W multiples of :attr:`size_multiple`).
+        ``noise`` fixes the initial latent noise of sampling paths (tiles of one image share one field)."""
+
+    # --- capability protocols -------------------------------------------------------------------------------
+    # "lora_targets": implement lora_target_modules() -> {network name: [module names or regex]} naming the
+    #   layers a LoRA adaptor may wrap (peft target_modules) in each network of networks().
+    # "down_residuals": implement control_unet() -> the denoiser network whose down path a ControlNet-style
+    #   adaptor copies; while the adaptor is enabled and has control_residuals(sample, timestep), the
+    #   backbone adds its result (tuple of down-path skip tensors, mid tensor) to the denoiser's skip
+    #   connections and middle-block output, as diffusers' ControlNet residuals are added.
+    # "latent": has encode(x) / decode(z); "sampling": enhance(path="sample") runs DDIM.
+
+    # --- weights -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks of this backbone by name; each saves to ``<dir>/<name>/`` in diffusers' layout."""
+
+    def save(self, directory: str | Path) -> None:
+        """Save every network as ``config.json`` + safetensors (``save_pretrained``)."""
+        from rdiff.checkpoints import save_network
+
+        for name, net in self.networks().items():
+            save_network(net, Path(directory) / name)
+
+    def load(self, directory: str | Path) -> None:
+        """Load weights saved by :meth:`save` into this (identically configured) backbone."""
+        from rdiff.checkpoints import load_network
+
+        for name, net in self.networks().items():
+            load_network(net, Path(directory) / name)
