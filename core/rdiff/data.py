@@ -44,7 +44,7 @@ class Pair:
 def load_items(modality: Modality, data: str | None, split: str, resize: int | None, min_size: int) -> list[Item]:
     """Images of ``split`` (``train``, ``heldout`` or ``all``): the modality's embedded samples, or a folder.
 
-    A folder is split by file (every 8th file is held out) when it has several files; a single file is
+    A folder is split by file (every 8th file is held out, at least one) when it has several; a single file is
     split by area (its right quarter is held out) so the held-out crops never overlap the training crops.
     """
     if data is None:
@@ -52,26 +52,25 @@ def load_items(modality: Modality, data: str | None, split: str, resize: int | N
         raw = [(img, f"embedded {modality.name} {s} sample {i}")
                for s in splits for i, img in enumerate(modality.sample_images(s))]
     else:
-        files = list_images(data, modality.suffixes)
-        raw = []
-        for path in files:
-            for k, img in enumerate(modality.read_stack(path)):
-                raw.append((img, str(path) if k == 0 else f"{path}[{k}]"))
-        if split == "all":
-            pass
-        elif len(raw) >= 2:
-            raw = [r for i, r in enumerate(raw) if (i % 8 == 7) == (split == "heldout")] or raw[-1:]
-        else:
-            img, name = raw[0]
-            cut = img.shape[1] * 3 // 4
-            raw = [(img[:, cut:] if split == "heldout" else img[:, :cut], name)]
-    items = []
+        raw = [(img, str(path) if k == 0 else f"{path}[{k}]")
+               for path in list_images(data, modality.suffixes) for k, img in enumerate(modality.read_stack(path))]
+    raw = [(resize_longest(img, resize), name) for img, name in raw]
     for img, name in raw:
-        img = resize_longest(img, resize)
         if min(img.shape[:2]) < min_size:
             raise UserError(f"image '{name}' is {img.shape[1]}×{img.shape[0]} px, smaller than the "
                             f"{min_size}-px training crops of this preset (set train.image_size lower).")
-        items.append(Item(img, modality.roi(img), name))
+    if data is not None and split != "all":
+        if len(raw) >= 2:
+            held = {i for i in range(len(raw)) if i % 8 == 7} or {len(raw) - 1}
+            raw = [r for i, r in enumerate(raw) if (i in held) == (split == "heldout")]
+        else:
+            img, name = raw[0]
+            cut = img.shape[1] * 3 // 4
+            if min(cut, img.shape[1] - cut) < min_size:
+                raise UserError(f"'{name}' is the only image and too narrow to hold a quarter out for evaluation "
+                                f"with {min_size}-px crops; add more images or set train.image_size lower.")
+            raw = [(img[:, cut:] if split == "heldout" else img[:, :cut], name)]
+    items = [Item(img, modality.roi(img), name) for img, name in raw]
     return items
 
 

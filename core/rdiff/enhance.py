@@ -13,8 +13,9 @@ runs a backbone over overlapping tiles and blends them back without seams:
 - **Blending.** Each tile's output is weighted by a separable window that is flat in the tile's middle and
   falls off with a raised cosine over the part it shares with each neighbour (flat on sides that touch the
   image border, so the border keeps full weight). Opposite ramps of two neighbours sum to one, so a smooth
-  image stays smooth; the accumulated sum is divided by the accumulated weight at the end. A tile's own
-  border pixels — where a network's zero padding shows — thus carry almost no weight.
+  image stays smooth; the accumulated sum is divided by the accumulated weight at the end. The outer
+  quarter of each overlap gets weight 0, so a tile's own border pixels — where a network's zero padding
+  shows — never reach the output.
 - **Memory.** Only one float32 output and one float32 weight map of the image's size exist at a time; tiles
   are cut, enhanced and accumulated one batch at a time, so peak memory grows with ``tile`` and ``batch``,
   not with the image.
@@ -177,9 +178,15 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _ramp(length: int) -> np.ndarray:
-    """Raised cosine rising from near 0 to near 1 over ``length`` pixels; ``ramp + ramp[::-1] == 1``."""
-    k = np.arange(length, dtype=np.float64) + 0.5
-    return (0.5 - 0.5 * np.cos(np.pi * k / length)).astype(np.float32)
+    """Weights rising from 0 to 1 across an overlap of ``length`` pixels, with ``ramp + ramp[::-1] == 1``.
+
+    The outer quarter is exactly 0 (and the inner quarter exactly 1): a tile's own border pixels, where
+    the network saw zero padding instead of the image, never reach the output. The middle half rises as
+    a raised cosine, whose zero slope at both ends leaves no kink for the eye to find.
+    """
+    margin = length // 4
+    position = (np.arange(length, dtype=np.float64) + 0.5 - margin) / (length - 2 * margin)
+    return (0.5 - 0.5 * np.cos(np.pi * np.clip(position, 0.0, 1.0))).astype(np.float32)
 
 
 def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> _Axis:

@@ -1,0 +1,106 @@
+"""The command line on the toy plugin: train, adapt --from, evaluate, degrade, and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rdiff.cli import main
+
+TOY = ["--backbone", "toy", "--modality", "toy", "--adaptor", "toy-adaptor", "--preset", "tiny"]
+
+
+@pytest.fixture
+def trained(toy, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TOY, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_then_evaluate(trained, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["crops"] == 4 and {"psnr", "ssim"} <= set(result["enhanced"])
+    assert "reconstruct_only" in result  # adapted runs also score the phase-1 model alone
+    assert main(["evaluate", "--run", str(trained), "--crops", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "input (degraded)" in table and "adapted fast *" in table and "2 held-out crops" in table
+
+
+def test_an_existing_run_is_never_overwritten(trained, capsys):
+    assert main(["train", *TOY, "--out", str(trained)]) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+
+
+def test_adapt_from_references_phase_one(trained, tmp_path):
+    new = tmp_path / "adapted-elsewhere"
+    assert main(["adapt", "--from", str(trained), "--out", str(new), "--set", "train.adapt_steps=2"]) == 0
+    assert not (new / "reconstruct").exists(), "phase 1 must be referenced, not copied"
+    assert (new / "adapt" / "adaptor.safetensors").is_file()
+    report = json.loads((new / "report.json").read_text())
+    assert report["reconstruct_from"] == str(trained.resolve())
+    import rdiff
+
+    run = rdiff.load_run(new)
+    assert run.adapted and run.backbone.adaptor is not None
+
+
+def test_degrade_is_reproducible_per_seed(toy, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(src / "a.png")
+    for out in ("one", "two"):
+        assert main(["degrade", "--modality", "toy", str(src), "--out", str(tmp_path / out), "--seed", "7"]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / o / "a.png")) for o in ("one", "two"))
+    assert np.array_equal(a, b)
+    params = json.loads((tmp_path / "one" / "a.json").read_text())
+    assert params["seed"] == 7 and 0.4 <= params["params"]["gain"] <= 0.7
+    assert main(["degrade", "--modality", "toy", str(src), "--out", str(tmp_path / "three"), "--seed", "8"]) == 0
+    assert not np.array_equal(a, np.asarray(Image.open(tmp_path / "three" / "a.png")))
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["train", "--backbone", "nope", "--modality", "toy"], "unknown backbone 'nope'"),
+    (["train", *TOY, "--data", "/no/such/folder"], "data folder '/no/such/folder' does not exist"),
+    (["train", *TOY, "--set", "train.adapt_stpes=1"], "unknown config key 'train.adapt_stpes'"),
+    (["train", *TOY, "--config", "/no/such.yaml"], "config file '/no/such.yaml' does not exist"),
+    (["evaluate", "--run", "/no/such/run"], "'/no/such/run' is not an rdiff run directory"),
+    (["adapt", "--from", "/no/such/run"], "--from '/no/such/run' is not an rdiff run directory"),
+    (["train", *TOY, "--resume"], "--resume needs --out"),
+])
+def test_bad_input_exits_2_with_one_sentence(toy, args, culprit, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert culprit in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_empty_and_tiny_data_folders_are_refused(toy, tmp_path, capsys):
+    from PIL import Image
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", *TOY, "--data", str(empty), "--out", str(tmp_path / "r1")]) == 2
+    assert f"data folder '{empty}' holds no images" in capsys.readouterr().err
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(small / "x.png")
+    assert main(["train", *TOY, "--data", str(small), "--out", str(tmp_path / "r2")]) == 2
+    assert "x.png' is 20×20 px, smaller than the 32-px training crops" in capsys.readouterr().err
+
+
+def test_mismatched_pairs_name_the_orphan(toy, tmp_path, capsys):
+    from PIL import Image
+
+    for side, names in (("lq", ["a", "b"]), ("hq", ["a"])):
+        (tmp_path / "pairs" / side).mkdir(parents=True)
+        for n in names:
+            Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "pairs" / side / f"{n}.png")
+    assert main(["train", *TOY, "--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "r")]) == 2
+    assert "lq/b.png' has no partner with the stem 'b'" in capsys.readouterr().err
