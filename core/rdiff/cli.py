@@ -260,7 +260,9 @@ def format_eval_table(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _print_summary(out: Path, report: dict[str, Any]) -> None:
+def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
+    if report is None:  # not the main process of a distributed run
+        return
     ev = report.get("eval") or {}
     print(f"\nrun directory: {out}")
     if ev:

@@ -47,6 +47,7 @@ class TrainConfig:
     train_base: bool = False  # phase 2 also fine-tunes the backbone's last stage, as the paper's code did
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     cpu: bool = False  # force the CPU even when a GPU is present
+    find_unused_parameters: bool = False  # DDP: set true for a plugin whose loss leaves trainable layers unused
     num_workers: int = 0  # data-loading worker processes per training process
     log_every: int = 10  # metrics.jsonl line interval, in steps
 

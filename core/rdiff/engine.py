@@ -79,8 +79,7 @@ class Engine:
         self.accelerator = Accelerator(
             cpu=train.cpu or not torch.cuda.is_available(), mixed_precision=train.mixed_precision,
             gradient_accumulation_steps=train.grad_accum,
-            # phase-2 adaptors may leave some hooked layers unused for a given backbone
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train.find_unused_parameters)])
         torch.manual_seed(config.seed)
         self.modality = create_modality(config.modality, **config.modality_options)
         self.backbone = create_backbone(config.backbone, preset=None, channels=self.modality.channels, **config.model)
@@ -459,8 +458,9 @@ class Engine:
 
 
 def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("reconstruct", "adapt"),
-        resume: bool = False, cli_args: Any = None) -> dict[str, Any]:
-    """Train ``phases`` into ``run_dir``, evaluate on held-out data, write report.json; returns the report."""
+        resume: bool = False, cli_args: Any = None) -> dict[str, Any] | None:
+    """Train ``phases`` into ``run_dir``, evaluate on held-out data, write report.json; returns the report
+    (on the main process; ``None`` on the others)."""
     engine = Engine(config, run_dir, resume=resume, cli_args=cli_args)
     engine.save_config()
     if "reconstruct" in phases:
@@ -469,4 +469,5 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
         engine.load_reconstruction()
     adapt_info = engine.adapt() if "adapt" in phases else None
     evaluation = engine.evaluate()
-    return engine.write_report(evaluation, adapt_info)
+    report = engine.write_report(evaluation, adapt_info)
+    return report if engine.is_main else None

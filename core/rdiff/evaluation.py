@@ -42,7 +42,7 @@ def _batches(items: list[Pair], size: int) -> Iterator[list[Pair]]:
 def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor], torch.Tensor],
           device: torch.device, batch_size: int = 16) -> dict[str, Any]:
     """Metrics of ``produce(lq)`` against hq over ``pairs``, overall and by degradation type."""
-    overall = _local(modality.metrics().to(device))
+    overall = local_metrics(modality.metrics().to(device))
     by_type: dict[str, Any] = {}
     for chunk in _batches(pairs, batch_size):
         batch = {k: v.to(device) for k, v in stack(chunk).items()}
@@ -51,7 +51,7 @@ def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor
         for i, pair in enumerate(chunk):
             for kind in pair.params.get("types", []):
                 if kind not in by_type:
-                    by_type[kind] = _local(modality.metrics().to(device))
+                    by_type[kind] = local_metrics(modality.metrics().to(device))
                 by_type[kind].update(out[i:i + 1], batch["hq"][i:i + 1], batch["roi"][i:i + 1])
     result = {k: _number(v) for k, v in overall.compute().items()}
     if by_type:
@@ -59,10 +59,15 @@ def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor
     return result
 
 
-def _local(collection: Any) -> Any:
+def local_metrics(collection: Any) -> Any:
+    """Metrics that never synchronise across processes (only the main process evaluates)."""
     for metric in collection.values():
-        metric.sync_on_compute = False
+        metric.distributed_available_fn = _never
     return collection
+
+
+def _never() -> bool:
+    return False
 
 
 def _number(value: torch.Tensor) -> float:

@@ -122,9 +122,9 @@ def _score_whole(run: Run, pairs: list, opts: dict[str, Any]) -> dict[str, Any]:
     """Score whole images enhanced tile by tile (each pair may have its own size)."""
     from rdiff.data import to_tensor
 
-    metrics = run.modality.metrics()
-    for metric in metrics.values():
-        metric.sync_on_compute = False
+    from rdiff.evaluation import local_metrics
+
+    metrics = local_metrics(run.modality.metrics())
     for pair in pairs:
         out = run.enhance(pair.lq, roi=pair.roi, **opts)
         metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
