@@ -99,12 +99,15 @@ def load_pair_folder(modality: Modality, folder: str, resize: int | None) -> lis
         raise UserError(f"'{have}' has no partner with the stem '{stem}' in '{missing}'.")
     pairs = []
     for stem in sorted(lq):
-        a, b = modality.read(lq[stem]), modality.read(hq[stem])
-        if a.shape != b.shape:
-            raise UserError(f"'{lq[stem]}' is {a.shape[1]}×{a.shape[0]} px but '{hq[stem]}' is "
-                            f"{b.shape[1]}×{b.shape[0]} px; pairs must have the same size.")
-        a, b = resize_longest(a, resize), resize_longest(b, resize)
-        pairs.append(Pair(a, b, modality.roi(b), {"source": stem}, str(lq[stem])))
+        lq_images, hq_images = modality.read_stack(lq[stem]), modality.read_stack(hq[stem])  # volumes: per slice
+        if len(lq_images) != len(hq_images):
+            raise UserError(f"'{lq[stem]}' holds {len(lq_images)} images but '{hq[stem]}' holds {len(hq_images)}.")
+        for k, (a, b) in enumerate(zip(lq_images, hq_images)):
+            if a.shape != b.shape:
+                raise UserError(f"'{lq[stem]}' is {a.shape[1]}×{a.shape[0]} px but '{hq[stem]}' is "
+                                f"{b.shape[1]}×{b.shape[0]} px; pairs must have the same size.")
+            a, b = resize_longest(a, resize), resize_longest(b, resize)
+            pairs.append(Pair(a, b, modality.roi(b), {"source": stem, "slice": k}, str(lq[stem])))
     return pairs
 
 

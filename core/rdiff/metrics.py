@@ -14,7 +14,10 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 PSNR_CAP = 100.0  # identical images score this instead of infinity, so means stay finite
 
 
-class _MeanOverImages(Metric):
+class MeanOverImages(Metric):
+    """Base for per-image metrics: subclasses implement ``per_image(preds, target, roi) -> B scores``;
+    a NaN score skips that image (e.g. a no-reference metric that finds no usable region)."""
+
     higher_is_better = True
     full_state_update = False
 
@@ -26,9 +29,10 @@ class _MeanOverImages(Metric):
     def update(self, preds: torch.Tensor, target: torch.Tensor, roi: torch.Tensor | None = None) -> None:
         if roi is None:
             roi = torch.ones_like(target[:, :1])
-        scores = self.per_image(preds.float(), target.float(), roi.float())
-        self.total += scores.double().sum()
-        self.count += scores.numel()
+        scores = self.per_image(preds.float(), target.float(), roi.float()).double()
+        keep = ~torch.isnan(scores)  # NaN means "no score for this image"
+        self.total += scores[keep].sum()
+        self.count += int(keep.sum())
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.count.clamp(min=1)).float()
@@ -37,7 +41,7 @@ class _MeanOverImages(Metric):
         raise NotImplementedError
 
 
-class MaskedPSNR(_MeanOverImages):
+class MaskedPSNR(MeanOverImages):
     """PSNR (data range 1) over the pixels inside the roi; identical images score ``PSNR_CAP``."""
 
     def per_image(self, preds, target, roi):
@@ -46,7 +50,7 @@ class MaskedPSNR(_MeanOverImages):
         return (10 * torch.log10(1.0 / mse.clamp(min=1e-30))).clamp(max=PSNR_CAP)
 
 
-class MaskedSSIM(_MeanOverImages):
+class MaskedSSIM(MeanOverImages):
     """SSIM (Gaussian window 11, σ 1.5) averaged over the roi's pixels, from torchmetrics' SSIM map."""
 
     def per_image(self, preds, target, roi):

@@ -83,4 +83,6 @@ class Modality(ABC):
 
         from rdiff.metrics import MaskedPSNR, MaskedSSIM
 
-        return torchmetrics.MetricCollection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM()})
+        # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
+        # after the first batch and report one metric's value under the other's name
+        return torchmetrics.MetricCollection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM()}, compute_groups=False)

@@ -1,0 +1,25 @@
+"""rdiff plugin: the ``photo`` modality (natural RGB photographs shipped with scikit-image).
+
+A non-medical domain, so backbones and adaptors are exercised on more than retinal images. Light on
+import: scikit-image, the simulator and the metrics load only when the modality is built.
+"""
+
+from __future__ import annotations
+
+from rdiff import hookimpl
+
+SUMMARY = ("Natural RGB photographs from scikit-image: low light, colour cast, Poisson-Gaussian noise, "
+           "blur and JPEG; PSNR, SSIM and CIEDE2000 colour difference.")
+
+
+@hookimpl
+def rdiff_register_modalities(register):
+    from rdiff_photo.config import PhotoConfig
+
+    register("photo", build=_build, config=PhotoConfig, summary=SUMMARY)
+
+
+def _build(config):
+    from rdiff_photo.modality import Photo
+
+    return Photo(config)
