@@ -110,7 +110,8 @@ class Reconstructor(nn.Module, ABC):
     #   adaptor copies; while the adaptor is enabled and has control_residuals(sample, timestep), the
     #   backbone adds its result (tuple of down-path skip tensors, mid tensor) to the denoiser's skip
     #   connections and middle-block output, as diffusers' ControlNet residuals are added.
-    # "latent": has encode(x) / decode(z); "sampling": enhance(path="sample") runs DDIM.
+    # "latent": has encode(x) / decode(z) and latent_shape(height, width) -> (C, h, w) of the latent of an
+    #   image that size; "sampling": enhance(path="sample") runs DDIM.
 
     # --- weights -------------------------------------------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,291 @@
+"""The built-in adaptors on every registered backbone: identity at start, only the adaptor trains, weights
+that save and load alone, a switch back to the base, and pairings that cannot work refused in one sentence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import rdiff
+from rdiff.plugins import plugins
+
+BACKBONES = rdiff.list_backbones()
+ADAPTORS = rdiff.list_adaptors()
+
+
+def _compatible(backbone: str, adaptor: str) -> bool:
+    entries = plugins()
+    return set(entries.get("adaptor", adaptor).requires) <= set(entries.get("backbone", backbone).capabilities)
+
+
+PAIRS = [(b, a) for b in BACKBONES for a in ADAPTORS if _compatible(b, a)]
+IMPOSSIBLE = [(b, a) for b in BACKBONES for a in ADAPTORS if not _compatible(b, a)]
+
+_BUILT: dict[str, rdiff.Reconstructor] = {}
+
+
+def tiny(name: str) -> rdiff.Reconstructor:
+    """A fresh copy of backbone ``name`` at its tiny preset (built once per session, seeded)."""
+    if name not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[name] = rdiff.create_backbone(name, preset="tiny").eval()
+    return copy.deepcopy(_BUILT[name])
+
+
+def images(backbone: rdiff.Reconstructor, seed: int, batch: int = 2) -> torch.Tensor:
+    side = backbone.size_multiple * max(1, 32 // backbone.size_multiple)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, backbone.channels, side, side, generator=generator)
+
+
+def outputs(backbone: rdiff.Reconstructor, lq: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Everything a user gets from the backbone: every enhancement path (seeded) and the latents."""
+    with torch.no_grad():
+        result = {path: backbone.enhance(lq, path=path, steps=2, generator=torch.Generator().manual_seed(3))
+                  for path in backbone.paths()}
+        if "latent" in backbone.capabilities:
+            result["latent"] = backbone.encode(lq)
+    return result
+
+
+def assert_same(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), f"'{key}' differs"
+
+
+def adapt(backbone: rdiff.Reconstructor, adaptor: rdiff.Adaptor, steps: int = 2) -> None:
+    """A few phase-2 optimiser steps on the backbone's adaptation loss."""
+    optimiser = torch.optim.Adam(adaptor.trainable_parameters(), lr=1e-3)
+    lq, hq = images(backbone, 1), images(backbone, 2)
+    roi = torch.ones_like(lq[:, :1])
+    torch.manual_seed(5)
+    for _ in range(steps):
+        loss = backbone.adaptation_loss(lq, hq, roi)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+
+def base_state(backbone: rdiff.Reconstructor, adaptor: rdiff.Adaptor) -> dict[str, torch.Tensor]:
+    """Copies of every backbone tensor that is not the adaptor's (LoRA's live inside the backbone)."""
+    own = {id(p) for p in adaptor.trainable_parameters()}
+    return {k: v.detach().clone() for k, v in backbone.state_dict(keep_vars=True).items() if id(v) not in own}
+
+
+@pytest.mark.parametrize(("backbone_name", "adaptor_name"), PAIRS)
+def test_an_adapted_model_starts_exactly_as_its_base(backbone_name, adaptor_name):
+    backbone = tiny(backbone_name)
+    lq = images(backbone, 0)
+    before = outputs(backbone, lq)
+    adaptor = rdiff.create_adaptor(adaptor_name, backbone)
+    assert sum(p.numel() for p in adaptor.trainable_parameters()) > 0
+    assert_same(outputs(backbone, lq), before)
+
+
+@pytest.mark.parametrize(("backbone_name", "adaptor_name"), PAIRS)
+def test_phase_two_trains_the_adaptor_only_and_disabled_or_detached_gives_the_base(backbone_name, adaptor_name):
+    backbone = tiny(backbone_name)
+    lq = images(backbone, 0)
+    before, keys = outputs(backbone, lq), set(backbone.state_dict())
+    adaptor = rdiff.create_adaptor(adaptor_name, backbone)
+    frozen = base_state(backbone, adaptor)
+    weights = {k: v.clone() for k, v in adaptor.adaptor_state_dict().items()}
+
+    adapt(backbone, adaptor)
+
+    after = base_state(backbone, adaptor)
+    assert after.keys() == frozen.keys()
+    changed_base = [k for k in frozen if not torch.equal(frozen[k], after[k])]
+    assert not changed_base, f"base tensors changed: {changed_base[:3]}"
+    trained = adaptor.adaptor_state_dict()
+    assert any(not torch.equal(weights[k], trained[k]) for k in weights), "no adaptor weight changed"
+    assert not torch.equal(outputs(backbone, lq)["fast"], before["fast"]), "the adaptor has no effect"
+    with adaptor.disabled():
+        assert_same(outputs(backbone, lq), before)
+    assert adaptor.enabled  # switched back on after the block
+
+    adaptor.detach()
+    assert backbone.adaptor is None
+    assert set(backbone.state_dict()) == keys
+    assert_same(outputs(backbone, lq), before)
+
+
+@pytest.mark.parametrize(("backbone_name", "adaptor_name"), PAIRS)
+def test_adaptor_weights_save_and_load_alone(backbone_name, adaptor_name, tmp_path):
+    trained_backbone = tiny(backbone_name)
+    adaptor = rdiff.create_adaptor(adaptor_name, trained_backbone)
+    adapt(trained_backbone, adaptor)
+    save_file(adaptor.adaptor_state_dict(), tmp_path / "adaptor.safetensors")
+
+    fresh_backbone = tiny(backbone_name)  # the same base weights, a new untrained adaptor
+    loaded = rdiff.create_adaptor(adaptor_name, fresh_backbone)
+    loaded.load_adaptor_state_dict(load_file(tmp_path / "adaptor.safetensors"))
+    lq = images(trained_backbone, 0)
+    assert_same(outputs(fresh_backbone, lq), outputs(trained_backbone, lq))
+
+    adaptor_size = sum(v.numel() for v in adaptor.adaptor_state_dict().values())
+    assert adaptor_size < sum(p.numel() for p in tiny(backbone_name).parameters())
+
+
+@pytest.mark.parametrize(("backbone_name", "adaptor_name"), PAIRS)
+def test_weights_for_another_configuration_are_refused(backbone_name, adaptor_name):
+    adaptor = rdiff.create_adaptor(adaptor_name, tiny(backbone_name))
+    state = adaptor.adaptor_state_dict()
+    state.pop(next(iter(state)))
+    with pytest.raises(rdiff.UserError, match=f"'{adaptor_name}' adaptor weights lack"):
+        adaptor.load_adaptor_state_dict(state)
+
+
+@pytest.mark.parametrize(("backbone_name", "adaptor_name"), IMPOSSIBLE)
+def test_an_impossible_pairing_fails_in_one_sentence(backbone_name, adaptor_name):
+    missing = set(plugins().get("adaptor", adaptor_name).requires) - set(plugins().get("backbone", backbone_name).capabilities)
+    with pytest.raises(rdiff.UserError) as caught:
+        rdiff.create_adaptor(adaptor_name, tiny(backbone_name))
+    message = str(caught.value)
+    assert f"'{adaptor_name}'" in message and all(m in message for m in missing)
+    assert "\n" not in message
+
+
+def test_controlnet_on_the_cnn_autoencoder_names_what_is_missing():
+    backbone = tiny("cnn-ae")
+    with pytest.raises(rdiff.UserError, match=r"'controlnet'.*down_residuals"):
+        rdiff.create_adaptor("controlnet", backbone)
+    # built directly (as a third party might), the adaptor refuses the backbone just the same
+    from rdiff_adaptors.config import ControlNetConfig
+    from rdiff_adaptors.controlnet import ControlNetAdaptor
+
+    with pytest.raises(rdiff.UserError, match=r"'controlnet'.*down_residuals"):
+        ControlNetAdaptor(ControlNetConfig(), backbone)
+    assert backbone.adaptor is None
+
+
+# --- residual -------------------------------------------------------------------------------------------------
+
+RESIDUAL_BACKBONES = [b for b, a in PAIRS if a == "residual"]
+
+
+@pytest.mark.parametrize("backbone_name", RESIDUAL_BACKBONES)
+def test_residual_paper_init_is_not_the_identity(backbone_name):
+    backbone = tiny(backbone_name)
+    lq = images(backbone, 0)
+    before = outputs(backbone, lq)
+    torch.manual_seed(0)
+    rdiff.create_adaptor("residual", backbone, init="paper")
+    assert not torch.equal(outputs(backbone, lq)["fast"], before["fast"])
+
+
+@pytest.mark.parametrize("backbone_name", RESIDUAL_BACKBONES)
+def test_residual_layers_sit_in_the_adaptor_keyed_by_target_name(backbone_name):
+    backbone = tiny(backbone_name)
+    keys = set(backbone.state_dict())
+    targets = backbone.adaptation_targets()
+    paper = rdiff.create_adaptor("residual", backbone)
+    assert set(backbone.state_dict()) == keys  # no layer, hook or buffer added to the base
+    expected = [t.name for t in targets if t.group in ("encoder", "denoiser_down", "denoiser_mid")]
+    assert paper.target_names == expected
+    assert {k.rsplit(".", 2)[0] for k in paper.adaptor_state_dict()} == set(expected)
+    everywhere = rdiff.create_adaptor("residual", backbone, position="all")  # replaces the first one
+    assert everywhere.target_names == [t.name for t in targets]
+    assert paper.branches._handles == []  # the replaced adaptor's hooks are gone
+
+
+def test_residual_layer_is_groupnorm_silu_conv_on_the_residual_branch():
+    from rdiff_adaptors.residual import ResidualLayer
+
+    layer = ResidualLayer(48, norm_groups=32, zero_init=False)
+    assert isinstance(layer.norm, torch.nn.GroupNorm) and layer.norm.num_groups == 24  # 32 does not divide 48
+    assert isinstance(layer.act, torch.nn.SiLU)
+    assert isinstance(layer.proj, torch.nn.Conv2d) and layer.proj.kernel_size == (3, 3)
+    assert layer.proj.in_channels == layer.proj.out_channels == 48
+    tokens = ResidualLayer(16, layout="BLC")  # the token equivalent, zero at start
+    x = torch.randn(2, 5, 16)
+    assert isinstance(tokens.norm, torch.nn.LayerNorm) and isinstance(tokens.proj, torch.nn.Linear)
+    assert torch.equal(tokens(x), torch.zeros_like(x))
+
+
+# --- lora -----------------------------------------------------------------------------------------------------
+
+LORA_BACKBONES = [b for b, a in PAIRS if a == "lora"]
+
+
+@pytest.mark.parametrize("backbone_name", LORA_BACKBONES)
+def test_lora_wraps_what_the_backbone_names_and_keeps_requires_grad(backbone_name):
+    backbone = tiny(backbone_name)
+    named = sum(len(v) for v in backbone.lora_target_modules().values())
+    adaptor = rdiff.create_adaptor("lora", backbone, rank=2)
+    assert len(adaptor.trainable_parameters()) == 2 * named  # lora_A and lora_B per wrapped module
+    assert all(p.requires_grad for p in adaptor.trainable_parameters())
+    with adaptor.disabled():
+        pass
+    assert all(p.requires_grad for p in adaptor.trainable_parameters())
+    assert not any(p.requires_grad for n, p in backbone.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.parametrize("backbone_name", LORA_BACKBONES)
+def test_lora_targets_can_be_overridden_and_bad_ones_are_named(backbone_name):
+    backbone = tiny(backbone_name)
+    network, names = next((k, v) for k, v in backbone.lora_target_modules().items() if v)
+    adaptor = rdiff.create_adaptor("lora", backbone, target_modules={network: [names[0]]})
+    assert len(adaptor.trainable_parameters()) == 2
+    untouched = tiny(backbone_name)
+    keys = set(untouched.state_dict())
+    with pytest.raises(rdiff.UserError, match="lora target 'no_such_layer' matches no module"):
+        rdiff.create_adaptor("lora", untouched, target_modules={network: [names[0], "no_such_layer"]})
+    assert untouched.adaptor is None and set(untouched.state_dict()) == keys  # nothing left half-wrapped
+    with pytest.raises(rdiff.UserError, match="names network 'nowhere'"):
+        rdiff.create_adaptor("lora", tiny(backbone_name), target_modules={"nowhere": ["conv1"]})
+
+
+# --- the paper's size -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("ldm-unet" not in BACKBONES, reason="the ldm-unet backbone is not installed")
+def test_residual_adaptor_at_the_papers_size_trains_under_15_percent_of_the_denoiser():
+    # the paper preset, or the defaults, which are the paper's sizes
+    preset = "paper" if "paper" in plugins().presets(plugins().get("backbone", "ldm-unet")) else None
+    with torch.device("meta"):  # sizes only: no memory, no initialisation time
+        backbone = rdiff.create_backbone("ldm-unet", preset=preset)
+        adaptor = rdiff.create_adaptor("residual", backbone)
+    denoiser = sum(p.numel() for p in backbone.denoiser.parameters())
+    in_denoiser = sum(p.numel() for name, p in adaptor.adaptor_state_dict().items() if name.startswith("denoiser."))
+    # the paper: 18.9 M adaptor parameters in a 136.6 M adapted denoiser (13.8 %)
+    assert abs(in_denoiser - 18.9e6) < 0.1e6
+    assert in_denoiser / (denoiser + in_denoiser) <= 0.15
+
+
+# --- controlnet -----------------------------------------------------------------------------------------------
+
+CONTROLNET_BACKBONES = [b for b, a in PAIRS if a == "controlnet"]
+
+
+@pytest.mark.parametrize("backbone_name", CONTROLNET_BACKBONES)
+def test_controlnet_starts_from_the_denoisers_weights_behind_zero_convolutions(backbone_name):
+    backbone = tiny(backbone_name)
+    unet = backbone.control_unet()
+    adaptor = rdiff.create_adaptor("controlnet", backbone)
+    control = adaptor.control
+    assert torch.equal(control.conv_in.weight, unet.conv_in.weight)
+    assert control.conv_in.weight is not unet.conv_in.weight and control.conv_in.weight.requires_grad
+    zero_convs = [*control.down_zero_convs, control.mid_zero_conv]
+    assert all(not conv.weight.any() and not conv.bias.any() for conv in zero_convs)
+    encoder = [t.name for t in backbone.adaptation_targets() if t.group == "encoder"]
+    assert adaptor.encoder.names == encoder  # the adapted encoder E' reuses the residual layers
+
+
+@pytest.mark.parametrize("backbone_name", CONTROLNET_BACKBONES)
+def test_controlnet_without_encoder_layers_leaves_the_encoder_as_it_was(backbone_name):
+    backbone = tiny(backbone_name)
+    lq = images(backbone, 0)
+    before = outputs(backbone, lq)
+    adaptor = rdiff.create_adaptor("controlnet", backbone, encoder_layers=False)
+    assert adaptor.encoder is None
+    adapt(backbone, adaptor)
+    after = outputs(backbone, lq)
+    assert torch.equal(after["latent"], before["latent"]) and torch.equal(after["fast"], before["fast"])
+    assert not torch.equal(after["sample"], before["sample"])  # only the denoiser's path changed
