@@ -192,16 +192,21 @@ class PairCrops(Dataset):
 
 
 def degraded_crops(modality: Modality, items: list[Item], size: int, count: int, seed: int) -> list[Pair]:
-    """``count`` fixed crops of ``items``, each degraded by the modality (seeded): the on-the-fly pairs
-    and the held-out evaluation set."""
+    """``count`` fixed crops, each cut at the same place from a clean image and from a copy of the *whole*
+    image degraded by the modality (seeded): the on-the-fly pairs and the held-out evaluation set.
+
+    Degrading the whole image first keeps degradations whose sizes depend on the field of view (halos,
+    vignetting, blur relative to the FOV diameter) as they are meant, instead of treating each crop as a
+    small field of its own."""
     pairs = []
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         item = _pick(rng, items)
         y, x = random_crop(rng, item.image, item.roi, size)
-        hq, roi = item.image[y:y + size, x:x + size].copy(), item.roi[y:y + size, x:x + size].copy()
-        lq, params = modality.degrade(hq, roi, rng)
-        pairs.append(Pair(lq.astype(np.float32), hq, roi, params, f"{item.source} crop {y},{x}"))
+        degraded, params = modality.degrade(item.image, item.roi, rng)
+        s = (slice(y, y + size), slice(x, x + size))
+        pairs.append(Pair(degraded[s].astype(np.float32), item.image[s].copy(), item.roi[s].copy(), params,
+                          f"{item.source} crop {y},{x}"))
     return pairs
 
 
