@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_backbone": "rdiff.api", "create_adaptor": "rdiff.api", "create_modality": "rdiff.api",
     "list_backbones": "rdiff.api", "list_adaptors": "rdiff.api", "list_modalities": "rdiff.api",
-    "load_run": "rdiff.api", "get_preset": "rdiff.api",
+    "load_run": "rdiff.api", "get_preset": "rdiff.api", "train": "rdiff.api", "resolve_config": "rdiff.cli",
     "Modality": "rdiff.modality", "ModalityConfig": "rdiff.modality",
     "Reconstructor": "rdiff.reconstructor", "AdaptationTarget": "rdiff.reconstructor",
     "Adaptor": "rdiff.adaptor",

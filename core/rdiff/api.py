@@ -78,3 +78,16 @@ def load_run(path: str) -> Run:
     from rdiff.run import Run
 
     return Run.load(path)
+
+
+def train(config: Any, out: str, *, phases: tuple[str, ...] = ("reconstruct", "adapt"), resume: bool = False) -> dict[str, Any] | None:
+    """Train a run (as ``rdiff train``) and return report.json's content. ``config`` is a dict of
+    configuration keys, resolved on top of the backbone's preset like the CLI's flags, e.g.
+    ``{"backbone": "ldm-unet", "modality": "fundus", "train": {"adapt_steps": 100}}``, or a complete
+    :class:`rdiff.RunConfig` used as it is."""
+    from rdiff.cli import resolve_config
+    from rdiff.config import RunConfig
+    from rdiff.engine import run
+
+    resolved = config if isinstance(config, RunConfig) else resolve_config([config])
+    return run(resolved, out, phases=phases, resume=resume)

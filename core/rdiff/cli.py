@@ -278,6 +278,7 @@ def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rdiff.plugins import plugins
+    from rdiff.scaffold import add_parser as add_new_plugin_parser
 
     parser = argparse.ArgumentParser(
         prog="rdiff", description="Enhance medical images by reconstruction, then adaptation.",
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptor", help="phase-2 adaptor (default: the run's)")
     p.add_argument("--pairs", help="folder with lq/ and hq/ (default: degrade on the fly)")
     p.add_argument("--out", help="new run directory referencing RUN's phase 1 (default: write RUN/adapt/)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
     _add_common_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue phase 2 from its last checkpoint")
     p.set_defaults(handler=cmd_adapt)
@@ -312,12 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(default: the run's preset)")
     p.add_argument("--steps", type=int, help="DDIM steps for --path sample")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's, 1.0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
     p.add_argument("--tile", type=int, help="tile side in pixels (default: the run's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="inference precision (float16 on GPUs only)")
     p.add_argument("--preserve-color", action="store_true", help="keep the input's low-frequency colour")
     p.add_argument("--compare", action="store_true", help="also write a side-by-side before/after image")
     p.set_defaults(handler=cmd_enhance)
@@ -332,22 +334,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("degrade", help="write degraded copies of images plus their degradation parameters")
-    p.add_argument("--modality", required=True)
+    p.add_argument("--modality", required=True, help="modality whose degradation to apply")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same output")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="modality option, e.g. --set degradation.name=cofe")
     p.set_defaults(handler=cmd_degrade)
 
     p = sub.add_parser("plugins", help="list loaded plugins, their distribution, version and hooks")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_plugins)
 
     p = sub.add_parser("list", help="list registered backbones, adaptors or modalities")
-    p.add_argument("what", choices=["backbones", "adaptors", "modalities"])
+    p.add_argument("what", choices=["backbones", "adaptors", "modalities"], help="which kind of component")
     p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
     p.set_defaults(handler=cmd_list)
+
+    add_new_plugin_parser(sub)
 
     hook = plugins().pm.hook
     hook.rdiff_register_commands(subparsers=sub)

@@ -33,17 +33,17 @@ class TrainConfig:
     steps: dict[str, int] = field(default_factory=lambda: {"autoencoder": 300, "denoiser": 300})  # per stage
     adapt_steps: int = 150  # phase-2 updates
     adapt_lr: float = 1e-4  # phase-2 learning rate (1e-3 cost ~1.3 dB at tiny scale)
-    adapt_batch_size: int = 4
+    adapt_batch_size: int = 4  # phase-2 batch per process
     pairs: int = 20  # pairs made on the fly by the modality's degradation when no --pairs folder is given
     val_pairs: int = 8  # pairs held back to keep the best adaptation checkpoint (early stopping)
     val_every: int = 25  # phase-2 validation interval, in steps
     eval_every: int = 0  # held-out evaluation during training every N steps (0: only at the end)
     checkpoint_every: int = 100  # resumable checkpoint interval, in steps
-    grad_accum: int = 1
+    grad_accum: int = 1  # batches accumulated per optimiser step
     clip_grad: float = 1.0  # max gradient norm (0: off)
     ema_decay: float = 0.0  # EMA of trainable weights, used for evaluation and saved (0: off)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (fp16 only on GPUs)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     train_base: bool = False  # phase 2 also fine-tunes the backbone's last stage, as the paper's code did
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     cpu: bool = False  # force the CPU even when a GPU is present
@@ -57,7 +57,7 @@ class EvalConfig:
     """Held-out evaluation: fixed crops, fixed seed, scored inside the region of interest."""
 
     crops: int = 64  # held-out degraded crops
-    seed: int = 1234
+    seed: int = 1234  # seed of the held-out crops, their degradations and sampling noise
     sample_steps: list[int] = field(default_factory=lambda: [10])  # DDIM step counts evaluated as 'ddimK'
     eta: float = 1.0  # DDIM eta (1.0 in the paper's code)
     path: str = "fast"  # the default enhancement path (reported as 'enhanced')
@@ -67,11 +67,11 @@ class EvalConfig:
 class RunConfig:
     """One training run: which components, where the data is, and how to train."""
 
-    backbone: str = "ldm-unet"
-    modality: str = "fundus"
-    adaptor: str = "residual"
-    preset: str = "tiny"
-    seed: int = 0
+    backbone: str = "ldm-unet"  # backbone name (rdiff list backbones)
+    modality: str = "fundus"  # modality name (rdiff list modalities)
+    adaptor: str = "residual"  # phase-2 adaptor (rdiff list adaptors)
+    preset: str = "tiny"  # named preset of the backbone (tiny, base, paper)
+    seed: int = 0  # seeds data, initialisation and every training step
     data: str | None = None  # folder of unpaired images (default: the modality's embedded sample data)
     pairs: str | None = None  # folder with lq/ and hq/ of matching stems (default: degrade on the fly)
     out: str | None = None  # run directory (default: runs/<backbone>-<modality>-<preset>[-N])

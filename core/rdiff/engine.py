@@ -461,6 +461,8 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
         resume: bool = False, cli_args: Any = None) -> dict[str, Any] | None:
     """Train ``phases`` into ``run_dir``, evaluate on held-out data, write report.json; returns the report
     (on the main process; ``None`` on the others)."""
+    if not resume and (Path(run_dir) / "config.yaml").exists() and "reconstruct" in phases:
+        raise UserError(f"run directory '{run_dir}' already holds a run; resume it or choose another directory.")
     engine = Engine(config, run_dir, resume=resume, cli_args=cli_args)
     engine.save_config()
     if "reconstruct" in phases:

@@ -105,7 +105,8 @@ class Plugins:
                 dist = getattr(ep, "dist", None)
                 self._add(ep.name, ep.load, dist.name if dist else None, dist.version if dist else None)
         for module_name in _csv(os.environ.get("RDIFF_PLUGINS")):
-            if module_name not in blocked and not self.pm.has_plugin(module_name):
+            already = module_name in sys.modules and self.pm.is_registered(sys.modules[module_name])
+            if module_name not in blocked and not self.pm.has_plugin(module_name) and not already:
                 self._add(module_name, lambda m=module_name: importlib.import_module(m), None, None)
         for obj in extra or []:
             name = getattr(obj, "__name__", type(obj).__name__)
