@@ -32,7 +32,6 @@ and bit depths out, one failed file reported and skipped without stopping the re
 from __future__ import annotations
 
 import contextlib
-import glob
 import sys
 import time
 import warnings
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
     from rdiff.reconstructor import Reconstructor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_NAMES = {value: name for name, value in DTYPES.items()}
 
 
 # --- one image ---------------------------------------------------------------------------------------------
@@ -69,13 +69,16 @@ def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray
         roi: where to enhance (bool ``H×W``); default ``modality.roi(image)``. Pixels outside stay as given.
         path: the backbone's enhancement path (``backbone.paths()``), e.g. ``fast`` or ``sample``.
         steps, eta: DDIM steps and eta of sampling paths.
-        seed: seeds the shared noise field and the sampler's per-step noise: same seed, same output.
-        tile, overlap: tile side and the overlap between neighbouring tiles, in pixels.
+        seed: seeds the shared noise field and the sampler's per-step noise: the same seed, tile, overlap
+            and batch give the same output (the per-step noise is drawn batch by batch).
+        tile, overlap: tile side (rounded down to a multiple of ``backbone.size_multiple``) and the overlap
+            between neighbouring tiles (rounded up likewise), in pixels.
         batch: tiles per forward pass.
         device: where to compute; default the backbone's device. A backbone elsewhere is moved there for
             the call and moved back afterwards (:func:`enhance_files` moves it once for all its files).
         dtype: ``float32``, ``bfloat16`` or ``float16`` autocast for the networks (weights stay as they
-            are); ``float16`` needs CUDA and falls back to float32 elsewhere with a warning.
+            are); ``float16`` needs CUDA and falls back to float32 elsewhere with a warning. On CPUs
+            without bfloat16 instructions ``bfloat16`` is slower than float32 (4–5× for ldm-unet tiny).
         preserve_color: keep the input's low-frequency colour (see :func:`preserve_low_frequency_color`).
         progress: show a progress bar over tiles.
     """
@@ -180,9 +183,9 @@ def _round_up(value: int, multiple: int) -> int:
 def _ramp(length: int) -> np.ndarray:
     """Weights rising from 0 to 1 across an overlap of ``length`` pixels, with ``ramp + ramp[::-1] == 1``.
 
-    The outer quarter is exactly 0 (and the inner quarter exactly 1): a tile's own border pixels, where
-    the network saw zero padding instead of the image, never reach the output. The middle half rises as
-    a raised cosine, whose zero slope at both ends leaves no kink for the eye to find.
+    The outer quarter of the overlap is exactly 0 (and the inner quarter exactly 1): a tile's own border
+    pixels, where the network saw zero padding instead of the image, never reach the output (overlaps of
+    4 px or more). The middle half rises as a raised cosine, whose zero slope at both ends leaves no kink.
     """
     margin = length // 4
     position = (np.arange(length, dtype=np.float64) + 0.5 - margin) / (length - 2 * margin)
@@ -244,17 +247,17 @@ def _enhance_tiled(backbone: Reconstructor, image: np.ndarray, roi: np.ndarray, 
         for first in range(0, len(todo), batch):
             chunk = todo[first:first + batch]
             origins = [(rows.starts[i], cols.starts[j]) for i, j in chunk]
-            tiles = np.stack([_cut_tile(image, y, x, rows.size, cols.size) for y, x in origins])
-            lq = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(device)
+            tiles = np.stack([_cut_tile(image, y, x, rows.size, cols.size).transpose(2, 0, 1) for y, x in origins])
+            lq = torch.from_numpy(tiles).to(device)  # B×C×H×W, contiguous as networks expect
             noise = (torch.stack([noise_crop(y, x) for y, x in origins]).to(device)
                      if noise_crop is not None else None)
             with autocast:
                 out = backbone.enhance(lq, path=path, steps=steps, eta=eta, generator=generator, noise=noise)
-            out = out.float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            out = out.detach().float().cpu().permute(0, 2, 3, 1).numpy()
             for (i, j), (y, x), enhanced in zip(chunk, origins, out):
                 h, w = min(rows.size, height - y), min(cols.size, width - x)
                 window = np.outer(rows.windows[i][:h], cols.windows[j][:w])
-                total[y:y + h, x:x + w] += enhanced[:h, :w] * window[..., None]
+                total[y:y + h, x:x + w] += np.clip(enhanced[:h, :w], 0.0, 1.0) * window[..., None]
                 weight[y:y + h, x:x + w] += window
             bar.update(len(chunk))
 
@@ -298,40 +301,57 @@ def preserve_low_frequency_color(result: np.ndarray, reference: np.ndarray, roi:
     ``sigma`` default 1/64 of the longer side) are replaced by the reference's: enhanced vessels and
     lesions keep their local colour, the overall tint is the input's. The low-pass is computed inside the
     roi only (normalised convolution), so a black surround does not bleed into the rim of the field of
-    view. Grey images have no colour: they are returned unchanged.
+    view. ``result`` is changed in place and returned. Grey images have no colour: returned unchanged.
     """
     if result.shape[2] != 3:
         return result
     height, width = result.shape[:2]
     sigma = max(height, width) / 64 if sigma is None else sigma
+    lowpass = _MaskedLowpass(roi, sigma)
     luma = np.array([0.299, 0.587, 0.114], np.float32)
-    mask = roi.astype(np.float32)
-
-    y_out = result @ luma
-    for channel in (2, 0):  # B−Y then R−Y
-        chroma_out = result[..., channel] - y_out
-        chroma_ref = reference[..., channel] - reference @ luma
-        chroma_out += _masked_lowpass(chroma_ref, mask, sigma) - _masked_lowpass(chroma_out, mask, sigma)
-        result[..., channel] = chroma_out + y_out
+    y_out, y_ref = result @ luma, reference @ luma
+    for channel in (2, 0):  # B−Y, then R−Y; Y is kept, so the correction of B−Y is the correction of B
+        low_ref = lowpass.small(reference[..., channel] - y_ref)
+        low_out = lowpass.small(result[..., channel] - y_out)
+        result[..., channel] += lowpass.upsample(low_ref - low_out)
     # G follows from Y = 0.299 R + 0.587 G + 0.114 B with the new R and B.
     result[..., 1] = (y_out - luma[0] * result[..., 0] - luma[2] * result[..., 2]) / luma[1]
     return np.clip(result, 0.0, 1.0, out=result)
 
 
-def _masked_lowpass(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian low-pass of ``values`` over ``mask`` only, computed at reduced resolution (a low-pass has
-    nothing to lose there) and interpolated back: a 4k image costs milliseconds and no float64 copies."""
-    import torch.nn.functional as F
-    from scipy.ndimage import gaussian_filter
+class _MaskedLowpass:
+    """Gaussian low-pass over a mask only (normalised convolution), computed at reduced resolution — a
+    low-pass loses nothing there — and interpolated back: a 4k image costs no float64 and no full-size
+    stacks, and the mask's own low-pass is computed once for every plane."""
 
-    height, width = values.shape
-    factor = max(1, int(sigma // 2))
-    small = (max(1, -(-height // factor)), max(1, -(-width // factor)))
-    stacked = torch.from_numpy(np.stack([values * mask, mask]))[None]
-    low = F.interpolate(stacked, size=small, mode="area")[0].numpy()
-    low = np.stack([gaussian_filter(plane, sigma / factor, mode="nearest") for plane in low])
-    ratio = torch.from_numpy(low[0] / np.maximum(low[1], 1e-6))[None, None]
-    return F.interpolate(ratio, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    def __init__(self, mask: np.ndarray, sigma: float):
+        self.mask = mask.astype(np.float32)
+        self.shape = mask.shape
+        self.factor = max(1, int(sigma // 2))
+        self.sigma = sigma / self.factor
+        self.mask_low = np.maximum(self._blur(self._shrink(self.mask)), 1e-6)
+
+    def _shrink(self, plane: np.ndarray) -> np.ndarray:
+        import torch.nn.functional as F
+
+        small = (-(-self.shape[0] // self.factor), -(-self.shape[1] // self.factor))
+        return F.interpolate(torch.from_numpy(plane)[None, None], size=small, mode="area")[0, 0].numpy()
+
+    def _blur(self, plane: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(plane, self.sigma, mode="nearest")
+
+    def small(self, plane: np.ndarray) -> np.ndarray:
+        """The low-pass of ``plane`` inside the mask, at reduced resolution."""
+        return self._blur(self._shrink(plane * self.mask)) / self.mask_low
+
+    def upsample(self, small: np.ndarray) -> np.ndarray:
+        """A reduced-resolution plane back at full resolution (bilinear)."""
+        import torch.nn.functional as F
+
+        planes = torch.from_numpy(np.ascontiguousarray(small, dtype=np.float32))[None, None]
+        return F.interpolate(planes, size=self.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 # --- devices and modes -----------------------------------------------------------------------------------------
@@ -382,52 +402,6 @@ def _eval_mode(backbone: Reconstructor) -> Iterator[None]:
 # --- files -----------------------------------------------------------------------------------------------------
 
 
-def collect_inputs(inputs: list[str], suffixes: tuple[str, ...] = images.SUFFIXES) -> list[tuple[Path, Path]]:
-    """``(file, name relative to its input)`` for every file named by ``inputs``: files as given, folders
-    recursively (files with ``suffixes``), glob patterns (``**`` recurses). A file found twice counts once."""
-    found: dict[Path, tuple[Path, Path]] = {}
-
-    def add(file: Path, relative: Path) -> None:
-        found.setdefault(file.resolve(), (file, relative))
-
-    for spec in inputs:
-        spec = str(spec)
-        given = Path(spec)
-        if given.is_dir():
-            for file in images.list_images(given, suffixes):
-                add(file, file.relative_to(given))
-        elif given.is_file():
-            add(given, Path(given.name))
-        elif any(char in spec for char in "*?["):
-            root = Path(*_until_magic(given.parts))  # names are kept relative to the pattern's fixed part
-            matches = [Path(m) for m in sorted(glob.glob(spec, recursive=True))]
-            files = []
-            for match in matches:
-                if match.is_dir():
-                    files += [(f, f.relative_to(root)) for f in sorted(match.rglob("*"))
-                              if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")]
-                elif match.is_file():
-                    files.append((match, match.relative_to(root)))
-            if not files:
-                raise UserError(f"input pattern '{spec}' matches no files.")
-            for file, relative in files:
-                add(file, relative)
-        else:
-            raise UserError(f"input '{spec}' does not exist.")
-    return list(found.values())
-
-
-def _has_magic(part: str) -> bool:
-    return any(char in part for char in "*?[")
-
-
-def _until_magic(parts: tuple[str, ...]) -> Iterator[str]:
-    for part in parts:
-        if _has_magic(part):
-            return
-        yield part
-
-
 def _output_path(out_dir: Path, relative: Path, suffix: str | None) -> Path:
     return out_dir / relative.parent / f"{relative.stem}{suffix or ''}{relative.suffix}"
 
@@ -444,11 +418,14 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
                   suffix: str | None = None) -> int:
     """Enhance every file named by ``inputs`` into ``out_dir``; ``rdiff enhance`` in a function.
 
-    ``run`` provides ``backbone``, ``modality``, ``default_path`` and ``tile`` (a loaded :class:`rdiff.Run`).
-    Files keep their names relative to the folder (or pattern root) they were found in, their format and
-    bit depth; ``suffix`` is appended to each stem (``a.png`` → ``a_enh.png`` with ``suffix="_enh"``).
-    ``compare`` also writes ``<stem>_compare.png``: input and enhanced side by side (the middle slice of
-    a volume). Defaults: the run's path and tile, ``overlap = tile // 8``, 10 steps, eta 1.
+    ``run`` provides ``backbone``, ``modality``, ``default_path`` and ``tile`` (a loaded :class:`rdiff.Run`;
+    its ``default_steps`` and ``config.eval.eta`` are used too when present). ``inputs`` are files, folders
+    (recursive, the modality's suffixes) or glob patterns (:func:`rdiff.images.expand_inputs`). Files keep
+    their names relative to the folder they were found in, their format and bit depth; ``suffix`` is
+    appended to each stem (``a.png`` → ``a_enh.png`` with ``suffix="_enh"``). ``compare`` also writes
+    ``<stem>_compare.png``: input and enhanced side by side (the middle slice of a volume).
+    Defaults: the run's path, steps, eta and tile, ``overlap = tile // 8``, and the GPU when there is one
+    (else wherever the backbone is); the backbone is moved there once for all files and moved back after.
 
     A file that cannot be read or written is reported by name and skipped. Returns the exit code: 0 when
     every file was enhanced, 2 when any failed. Bad options or missing inputs raise :class:`UserError`
@@ -460,16 +437,19 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     path = run.default_path if path is None else path
     tile = int(run.tile) if tile is None else tile
     overlap = tile // 8 if overlap is None else overlap
-    steps = 10 if steps is None else steps
-    eta = 1.0 if eta is None else eta
+    steps = int(getattr(run, "default_steps", 10)) if steps is None else steps
+    if eta is None:
+        eta = float(run.config.eval.eta) if hasattr(getattr(run, "config", None), "eval") else 1.0
     check_options(backbone, path=path, steps=steps, tile=tile, overlap=overlap, batch=batch)
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
     target = resolve_device(backbone, device)
-    resolve_dtype(dtype, target)  # refuse a bad dtype now, not once per file
+    dtype = _DTYPE_NAMES[resolve_dtype(dtype, target)]  # refused or warned about once, not once per file
 
     out_dir = Path(out_dir)
     jobs = []
     seen: dict[Path, Path] = {}
-    for file, relative in collect_inputs(inputs, tuple(modality.suffixes)):
+    for file, relative in images.expand_inputs(list(inputs), tuple(modality.suffixes)):
         output = _output_path(out_dir, relative, suffix)
         if output.resolve() == file.resolve():
             raise UserError(f"enhancing '{file}' would overwrite it; choose another output folder or a suffix.")
@@ -487,12 +467,10 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
             began = time.perf_counter()
             try:
                 stack = modality.read_stack(file)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the float16 fallback was warned about once already
-                    results = [enhance_image(backbone, modality, image, path=path, steps=steps, eta=eta,
-                                             seed=seed, tile=tile, overlap=overlap, batch=batch, device=target,
-                                             dtype=dtype, preserve_color=preserve_color,
-                                             progress=not bar.disable) for image in stack]
+                results = [enhance_image(backbone, modality, image, path=path, steps=steps, eta=eta, seed=seed,
+                                         tile=tile, overlap=overlap, batch=batch, device=target, dtype=dtype,
+                                         preserve_color=preserve_color, progress=not bar.disable)
+                           for image in stack]
                 modality.write_stack(output, results, like=file)
                 if compare:
                     middle = len(stack) // 2

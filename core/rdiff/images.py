@@ -35,6 +35,8 @@ def _read_raw(path: Path) -> np.ndarray:
         import tifffile
 
         return tifffile.imread(path)
+    if path.suffix.lower() == ".png" and _png_bit_depth(path) == 16:
+        return _read_png16(path)
     from PIL import Image
 
     with Image.open(path) as im:
@@ -117,11 +119,31 @@ def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = N
     return path
 
 
-def _write_png16(path: str, data: np.ndarray) -> None:
-    """16-bit PNG (grey or RGB); Pillow writes only 16-bit grey, imageio (a scikit-image dependency) both."""
-    import imageio.v3 as iio
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth in a PNG's IHDR chunk (byte 24), or 8 if the header is not readable."""
+    with open(path, "rb") as f:
+        header = f.read(26)
+    return header[24] if len(header) == 26 and header[:8] == b"\x89PNG\r\n\x1a\n" else 8
 
-    iio.imwrite(path, data, extension=".png")
+
+# Pillow silently truncates 16-bit colour PNGs to 8 bits; pypng reads and writes every PNG bit depth.
+def _read_png16(path: Path) -> np.ndarray:
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    return data.reshape(height, width, planes) if planes > 1 else data.reshape(height, width)
+
+
+def _write_png16(path: str, data: np.ndarray) -> None:
+    import png
+
+    height, width = data.shape[:2]
+    planes = 1 if data.ndim == 2 else data.shape[2]
+    writer = png.Writer(width, height, bitdepth=16, greyscale=planes == 1, alpha=False)
+    with open(path, "wb") as f:
+        writer.write(f, data.reshape(height, width * planes))
 
 
 def list_images(folder: str | Path, suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
@@ -151,7 +173,10 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> li
             found = [(path, Path(path.name))]
         else:
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
-            found = [(m, Path(m.name)) for m in matches if m.is_file() and m.suffix.lower() in suffixes]
+            # names stay relative to the pattern's fixed part, so data/*/x.png keeps its sub-folders apart
+            fixed = Path(*_leading_fixed(Path(spec).parts))
+            found = [(m, m.relative_to(fixed) if m.is_relative_to(fixed) else Path(m.name))
+                     for m in matches if m.is_file() and m.suffix.lower() in suffixes]
             if not found:
                 raise UserError(f"input '{spec}' is not a file, a folder or a pattern that matches images.")
         for file, rel in found:
@@ -159,3 +184,14 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> li
                 seen.add(file.resolve())
                 out.append((file, rel))
     return out
+
+
+def _leading_fixed(parts: tuple[str, ...]) -> list[str]:
+    import glob
+
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return fixed

@@ -1,0 +1,152 @@
+"""Seconds per image of ``rdiff enhance`` at 512² and 2048², per backbone and path, with peak memory.
+
+Every installed backbone is built from its ``tiny`` preset with random weights (latency does not depend on
+training) and enhances a synthetic fundus-like photograph: a textured disc on black, so tiles outside the
+field of view are skipped as they are in a real photograph. Paths: ``fast`` and, for backbones that
+sample, DDIM with each of ``--steps``. Each measurement runs in a fresh process, after a warm-up call, so
+the peak resident memory it reports (``ru_maxrss``: imports, weights, the image and every buffer of the
+tiled enhancement) is its own.
+
+    python benchmarks/enhance_latency.py
+    python benchmarks/enhance_latency.py --backbones ldm-unet --sizes 512 --steps 10 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+
+def synthetic_photograph(size: int):
+    """A fundus-like test image: a textured, vignetted disc filling most of a black square."""
+    import numpy as np
+
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    radius = np.hypot(y - 0.5, x - 0.5)
+    texture = 0.45 + 0.15 * np.sin(60 * x) * np.cos(45 * y) - 0.3 * radius
+    colour = np.array([0.95, 0.55, 0.3], np.float32)
+    image = np.clip(texture[..., None] * colour + 0.05, 0, 1) * (radius < 0.48)[..., None]
+    return image.astype(np.float32)
+
+
+def modality_for(channels: int):
+    """The fundus modality when installed (its field-of-view mask and crop), else the whole image."""
+    import rdiff
+
+    if channels == 3 and "fundus" in rdiff.list_modalities():
+        return rdiff.create_modality("fundus")
+
+    class WholeImage(rdiff.Modality):
+        name = "whole-image"
+
+        def degrade(self, image, roi, rng):
+            return image.copy(), {}
+
+        def sample_images(self, split):
+            return []
+
+    return WholeImage()
+
+
+def measure(job: dict) -> dict:
+    """One measurement (runs in the worker process)."""
+    import resource
+    import time
+
+    import torch
+
+    import rdiff
+    from rdiff.enhance import enhance_image
+
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    backbone = rdiff.create_backbone(job["backbone"], preset=job["preset"])
+    modality = modality_for(backbone.channels)
+    options = dict(path=job["path"], steps=job["steps"], tile=job["tile"], overlap=job["overlap"], batch=job["batch"])
+
+    tiles = 0
+    enhance = backbone.enhance
+
+    def counting(lq, **kwargs):
+        nonlocal tiles
+        tiles += len(lq)
+        return enhance(lq, **kwargs)
+
+    backbone.enhance = counting
+    warm = synthetic_photograph(backbone.size_multiple * 2)
+    enhance_image(backbone, modality, warm, **{**options, "tile": max(job["tile"], len(warm))})
+    tiles = 0
+    image = synthetic_photograph(job["size"])
+    began = time.perf_counter()
+    enhance_image(backbone, modality, image, **options)
+    seconds = time.perf_counter() - began
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    return {**job, "seconds": seconds, "tiles": tiles, "peak_mib": peak / 2 ** 20,
+            "parameters": sum(p.numel() for p in backbone.parameters())}
+
+
+def jobs(args: argparse.Namespace) -> list[dict]:
+    import rdiff
+
+    out = []
+    for name in args.backbones or rdiff.list_backbones():
+        try:
+            rdiff.get_preset(name, args.preset)
+            backbone = rdiff.create_backbone(name, preset=args.preset)
+        except rdiff.UserError as exc:
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+            continue
+        paths = [("fast", 1)] if "fast" in backbone.paths() else []
+        if "sample" in backbone.paths():
+            paths += [("sample", steps) for steps in args.steps]
+        for size in args.sizes:
+            for path, steps in paths:
+                out.append({"backbone": name, "preset": args.preset, "size": size, "path": path, "steps": steps,
+                            "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
+                            "threads": args.threads})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", type=lambda s: s.split(","), help="comma-separated (default: all installed)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[512, 2048])
+    parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50],
+                        help="DDIM step counts of the sample path")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one measurement, as JSON, in a fresh process
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(measure(json.loads(args.worker))))
+        return
+
+    header = f"{'backbone':<10} {'params':>8} {'size':>6} {'path':<10} {'tiles':>5} {'s/image':>9} {'peak MiB':>9}"
+    import os
+
+    import torch
+
+    print(f"tile {args.tile}, overlap {args.overlap}, batch {args.batch}, preset {args.preset}, random weights, "
+          f"{args.threads or torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(header)
+    print("-" * len(header))
+    for job in jobs(args):
+        child = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
+        label = job["path"] if job["path"] == "fast" else f"ddim{job['steps']}"
+        if child.returncode:
+            print(f"{job['backbone']:<10} {'':>8} {job['size']:>6} {label:<10} failed: {child.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"{r['backbone']:<10} {r['parameters'] / 1e6:>7.2f}M {r['size']:>6} {label:<10} {r['tiles']:>5} "
+              f"{r['seconds']:>9.2f} {r['peak_mib']:>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
