@@ -1,0 +1,234 @@
+"""Latent diffusion as a rdiff backbone, whatever its denoiser (the paper's method, DESIGN.md §1).
+
+Phase 1 trains the autoencoder (stage ``autoencoder``), then, with it frozen, a denoiser that predicts
+the noise added to the latent ``E(x)`` given the condition latent concatenated to its input (stage
+``denoiser``; condition ``E(x)`` — the paper's self-reconstruction pretext — or ``E(degraded x)``).
+Phase 2 trains adaptors with ``|E(hq) − E'(lq)|₁ + |E(hq) − E'(hq)|₁`` plus the adapted denoiser's
+diffusion loss with condition ``E'(lq)`` and target ``E(hq)``. Enhancement is ``D(E'(lq))`` (``fast``)
+or DDIM sampling conditioned on ``E'(lq)`` (``sample``).
+
+:class:`LatentDiffusion` owns everything but the denoiser network; a subclass supplies it
+(``rdiff_ldm_unet``'s UNet, ``rdiff_dit``'s transformer) through the methods marked "denoiser".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from rdiff import AdaptationTarget, Reconstructor, UserError
+from rdiff_ldm_unet.autoencoder import (AutoencoderLoss, build_autoencoder, decode_raw, downsampling_factor,
+                                        enable_gradient_checkpointing, encode_raw, encoder_adaptation_targets,
+                                        encoder_lora_targets, latent_std)
+from rdiff_ldm_unet.config import LatentConfig
+
+
+class LatentDiffusion(Reconstructor):
+    """A latent autoencoder and a concat-conditioned denoiser; subclasses provide the denoiser."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"latent", "concat_condition", "sampling", "lora_targets"})
+    stages: ClassVar[tuple[str, ...]] = ("autoencoder", "denoiser")
+
+    def __init__(self, config: LatentConfig, channels: int):
+        super().__init__(config, channels)
+        self.autoencoder = build_autoencoder(config, channels)
+        self.denoiser = self.build_denoiser()
+        self.autoencoder_loss = AutoencoderLoss(config, channels)
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=config.train_timesteps, beta_start=config.beta_start, beta_end=config.beta_end,
+            beta_schedule=config.beta_schedule, prediction_type=config.prediction, clip_sample=False)
+        # multiplies latents before diffusion so they have about unit variance, like the noise; 0 means
+        # "not measured yet" (measured on the first denoiser batch); a buffer so checkpoints keep it
+        self.register_buffer("latent_scale", torch.tensor(float(config.latent_scale or 0.0)))
+        # images must survive the autoencoder's and the denoiser's downsampling (depends on the config,
+        # so each instance sets it; the class attribute holds the paper-size value)
+        self.size_multiple = downsampling_factor(config) * self.denoiser_multiple()
+
+    # --- denoiser: supplied by subclasses -------------------------------------------------------------------
+    def build_denoiser(self) -> nn.Module:
+        """The denoiser network: input ``2 × latent_channels`` (noisy ⊕ condition), output ``latent_channels``."""
+        raise NotImplementedError
+
+    def predict(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for ``sample`` (noisy latent ⊕ condition latent) at ``timestep`` (B,)."""
+        raise NotImplementedError
+
+    def denoiser_multiple(self) -> int:
+        """Latent sides must be multiples of this for the denoiser."""
+        raise NotImplementedError
+
+    def denoiser_adaptation_targets(self) -> list[AdaptationTarget]:
+        raise NotImplementedError
+
+    def denoiser_lora_targets(self) -> list[str]:
+        raise NotImplementedError
+
+    # --- latent protocol --------------------------------------------------------------------------------------
+    def scale(self) -> float:
+        """The latent scale in use (1 until measured)."""
+        value = float(self.latent_scale)
+        return value if value > 0 else 1.0
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of images in [0, 1] (with any enabled adaptor acting on the encoder)."""
+        return encode_raw(self.autoencoder, images * 2 - 1) * self.scale()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in (about) [0, 1] from scaled latents; not clamped, so losses keep their gradients."""
+        return (decode_raw(self.autoencoder, latents / self.scale()) + 1) / 2
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the latent of an ``height × width`` image."""
+        factor = downsampling_factor(self.config)
+        return self.config.latent_channels, height // factor, width // factor
+
+    def measure_latent_scale(self, latents: torch.Tensor) -> None:
+        """Set the latent scale to 1/std of these (unscaled) latents, as latent diffusion's ``scale_by_std``."""
+        self.latent_scale.fill_(1.0 / latent_std(latents))
+        self.autoencoder.register_to_config(scaling_factor=float(self.latent_scale))
+
+    # --- phase 1 ---------------------------------------------------------------------------------------------
+    def stage_parameters(self, stage: str) -> list[nn.Parameter]:
+        if stage == "autoencoder":
+            return [*self.autoencoder.parameters(), *self.autoencoder_loss.parameters()]
+        if stage == "denoiser":
+            return list(self.denoiser.parameters())
+        raise self._unknown_stage(stage)
+
+    def _unknown_stage(self, stage: str) -> UserError:
+        return UserError(f"train.steps names stage '{stage}', but {self.registered_name} trains the stages "
+                         f"{', '.join(self.stages)}.")
+
+    def needs_degraded(self, stage: str) -> bool:
+        return stage == "denoiser" and self.config.pretext == "degraded"
+
+    def reconstruction_loss(self, stage: str, clean: torch.Tensor, roi: torch.Tensor,
+                            degraded: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``autoencoder``: L1 + SSIM + codebook/KL (+ LPIPS, GAN); ``denoiser``: the diffusion loss with
+        the autoencoder frozen. The whole crop counts (as in the paper), so ``roi`` is not used."""
+        if stage == "autoencoder":
+            return self.autoencoder_loss(self.autoencoder, clean)
+        if stage != "denoiser":
+            raise self._unknown_stage(stage)
+        with torch.no_grad():  # the autoencoder is frozen in this stage
+            raw = encode_raw(self.autoencoder, clean * 2 - 1)
+            if float(self.latent_scale) <= 0:
+                self.measure_latent_scale(raw)
+            target = raw * self.scale()
+            if self.config.pretext == "degraded":
+                if degraded is None:
+                    raise ValueError("the 'degraded' pretext needs degraded images (see needs_degraded)")
+                condition = self.encode(degraded)
+            else:
+                condition = target
+        loss = self.diffusion_loss(target, condition)
+        return loss, {"diffusion": float(loss.detach()), "latent_scale": self.scale()}
+
+    def diffusion_loss(self, target: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """L2 between the denoiser's prediction and the noise (or velocity) at a random timestep."""
+        noise = torch.randn_like(target)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (target.shape[0],), device=target.device)
+        noisy = self.scheduler.add_noise(target, noise, timesteps)
+        prediction = self.predict(torch.cat([noisy, condition], dim=1), timesteps)
+        goal = noise if self.config.prediction == "epsilon" else self.scheduler.get_velocity(target, noise, timesteps)
+        return F.mse_loss(prediction.float(), goal.float())
+
+    # --- phase 2 ---------------------------------------------------------------------------------------------
+    def adaptation_targets(self) -> list[AdaptationTarget]:
+        return encoder_adaptation_targets(self.autoencoder, "autoencoder") + self.denoiser_adaptation_targets()
+
+    def adaptation_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Encoder: degraded images must land on the clean image's original latent and clean images stay
+        where they were; denoiser: the diffusion loss conditioned on the adapted latent of ``lq``."""
+        with torch.no_grad(), self.base_only():
+            target = self.encode(hq)  # E(hq), the frozen original encoder
+        adapted_lq, adapted_hq = self.encode(lq), self.encode(hq)
+        encoder = (adapted_lq - target).abs().mean() + (adapted_hq - target).abs().mean()
+        # the condition is detached: the encoder's adaptors learn from their own loss only and the
+        # denoiser's from the diffusion loss (the two adaptors of the paper)
+        diffusion = self.diffusion_loss(target, adapted_lq.detach())
+        loss = self.config.encoder_loss_weight * encoder + self.config.diffusion_loss_weight * diffusion
+        return loss, {"encoder": float(encoder.detach()), "diffusion": float(diffusion.detach())}
+
+    def finetune_parameters(self) -> list[nn.Parameter]:
+        """``--train-base`` fine-tunes the whole denoiser, as the paper's released code did."""
+        return list(self.denoiser.parameters())
+
+    # --- enhancement -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def enhance(self, lq: torch.Tensor, *, path: str = "fast", steps: int = 10, eta: float = 1.0,
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``fast``: ``D(E'(lq))``; ``sample``: DDIM with ``steps`` steps from noise, conditioned on ``E'(lq)``."""
+        if path not in self.paths():
+            raise UserError(f"enhancement path '{path}' is not one of {', '.join(self.paths())}.")
+        height, width = lq.shape[-2:]
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(f"image sides must be multiples of {self.size_multiple}, got {height}×{width}")
+        condition = self.encode(lq)
+        latents = condition if path == "fast" else self.sample(condition, steps=steps, eta=eta,
+                                                               generator=generator, noise=noise)
+        return self.decode(latents).clamp(0, 1)
+
+    def ddim_scheduler(self) -> DDIMScheduler:
+        """DDIM on the training schedule, with the CompVis sampler's conventions (timesteps 1, 1+k, ...;
+        the final step's previous alpha is the first training alpha)."""
+        return DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False,
+                                         steps_offset=1, timestep_spacing="leading")
+
+    def sample(self, condition: torch.Tensor, *, steps: int, eta: float = 1.0,
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents sampled by DDIM given the condition latents."""
+        scheduler = self.ddim_scheduler()
+        scheduler.set_timesteps(steps, device=condition.device)
+        if noise is None:
+            noise = randn_tensor(condition.shape, generator=generator, device=condition.device, dtype=condition.dtype)
+        elif noise.ndim == 3:
+            noise = noise.expand(condition.shape[0], -1, -1, -1)
+        if noise.shape != condition.shape:
+            raise ValueError(f"noise must have the latent shape {tuple(condition.shape)}, got {tuple(noise.shape)}")
+        latents = noise.to(condition) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            timesteps = t.expand(condition.shape[0]).to(condition.device)
+            prediction = self.predict(torch.cat([latents, condition], dim=1), timesteps)
+            latents = scheduler.step(prediction, t, latents, eta=eta, generator=generator).prev_sample
+        return latents
+
+    # --- capability protocols --------------------------------------------------------------------------------
+    def lora_target_modules(self) -> dict[str, list[str]]:
+        """Full module names (inside each network) a LoRA adaptor may wrap: the encoder's res-block
+        convolutions and the denoiser's attention projections and res-block/feed-forward layers."""
+        return {"autoencoder": encoder_lora_targets(self.autoencoder), "denoiser": self.denoiser_lora_targets()}
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Trade compute for memory in every network (diffusers' activation checkpointing)."""
+        enable_gradient_checkpointing(self.autoencoder)
+        self.denoiser.enable_gradient_checkpointing()
+
+    # --- weights ---------------------------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        nets: dict[str, nn.Module] = {"autoencoder": self.autoencoder, "denoiser": self.denoiser}
+        if self.autoencoder_loss.discriminator is not None:
+            nets["discriminator"] = self.autoencoder_loss.discriminator
+        return nets
+
+    def save(self, directory: str | Path) -> None:
+        """Every network in diffusers' layout (the latent scale as the autoencoder's ``scaling_factor``)
+        plus the training noise schedule as ``scheduler/``."""
+        self.autoencoder.register_to_config(scaling_factor=float(self.latent_scale))
+        super().save(directory)
+        self.scheduler.save_pretrained(Path(directory) / "scheduler")
+
+    def load(self, directory: str | Path) -> None:
+        super().load(directory)
+        config_file = Path(directory) / "autoencoder" / "config.json"
+        if config_file.is_file():
+            scale = float(json.loads(config_file.read_text()).get("scaling_factor") or 0.0)
+            self.latent_scale.fill_(scale)
+            self.autoencoder.register_to_config(scaling_factor=scale)

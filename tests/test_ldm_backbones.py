@@ -1,0 +1,364 @@
+"""The latent-diffusion backbones ``ldm-unet`` and ``dit``, tested directly through rdiff.create_backbone.
+
+Tiny sizes (32 px, batches of 2) on CPU. Phase-2 code paths use throwaway adaptors written here, so these
+tests depend on no adaptor plugin.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import rdiff
+
+BACKBONES = ["ldm-unet", "dit"]
+
+
+@functools.lru_cache(maxsize=None)
+def _state(name: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return rdiff.create_backbone(name, preset="tiny").state_dict()
+
+
+def tiny(name: str) -> rdiff.Reconstructor:
+    """A fresh tiny backbone with fixed weights (built once per name, then copied)."""
+    backbone = rdiff.create_backbone(name, preset="tiny")
+    backbone.load_state_dict(_state(name))
+    return backbone
+
+
+def images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth synthetic colour images in [0, 1]: a few random low-frequency waves per channel."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    freq, phase = torch.rand(batch, 3, 2, 2, generator=g) * 4, torch.rand(batch, 3, 2, generator=g) * 6.28
+    waves = torch.sin(freq[..., 0, :1, None] * 6.28 * x + phase[..., :1, None]) \
+        + torch.sin(freq[..., 1, 1:, None] * 6.28 * y + phase[..., 1:, None])
+    return (0.5 + 0.2 * waves).clamp(0, 1)
+
+
+def roi_of(batch: torch.Tensor) -> torch.Tensor:
+    return torch.ones(batch.shape[0], 1, *batch.shape[-2:])
+
+
+class ToyResidualAdaptor(rdiff.Adaptor):
+    """A zero-initialised linear map of every target's output added back to it (1×1 conv or Linear)."""
+
+    name = "toy-residual"
+
+    def __init__(self, backbone: rdiff.Reconstructor):
+        backbone.requires_grad_(False)
+        super().__init__(None, backbone)
+        self.layers = nn.ModuleDict()
+        for target in backbone.adaptation_targets():
+            c = target.channels
+            layer = nn.Conv2d(c, c, 1) if target.layout == "BCHW" else nn.Linear(c, c)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+            key = target.name.replace(".", "__")
+            self.layers[key] = layer
+            target.module.register_forward_hook(functools.partial(self._add, key))
+
+    def _add(self, key, module, inputs, output):
+        return output + self.layers[key](output) if self.enabled else output
+
+
+class ToyControlAdaptor(rdiff.Adaptor):
+    """ControlNet-shaped residuals: a fixed fraction of the UNet's own down-path skips and mid output."""
+
+    name = "toy-control"
+    requires = frozenset({"down_residuals"})
+
+    def __init__(self, backbone: rdiff.Reconstructor, strength: float = 0.5):
+        super().__init__(None, backbone)
+        self.strength = strength
+
+    def control_residuals(self, sample, timestep):
+        unet = self.backbone.control_unet()
+        embedding = unet.time_embedding(unet.time_proj(timestep).to(sample.dtype))
+        hidden = unet.conv_in(sample)
+        skips = [hidden]
+        for block in unet.down_blocks:
+            hidden, block_skips = block(hidden_states=hidden, temb=embedding)
+            skips += block_skips
+        mid = unet.mid_block(hidden, embedding)
+        return tuple(self.strength * s for s in skips), self.strength * mid
+
+
+# --- sizes ------------------------------------------------------------------------------------------------
+
+
+def test_paper_preset_has_the_papers_parameter_count():
+    with torch.device("meta"):  # shapes only: counting needs no memory or initialisation
+        backbone = rdiff.create_backbone("ldm-unet", preset="paper")
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(backbone) == pytest.approx(173.14e6, rel=0.02)
+    assert count(backbone.autoencoder) == pytest.approx(55.40e6, rel=0.001)
+    assert count(backbone.denoiser) == pytest.approx(117.74e6, rel=0.001)
+    assert backbone.latent_shape(512, 512) == (3, 128, 128)  # ×4 downsampling, 3 latent channels
+
+
+def test_tiny_presets_are_cpu_sized():
+    for name in BACKBONES:
+        backbone = tiny(name)
+        assert sum(p.numel() for p in backbone.autoencoder.parameters()) < 1.0e6
+        assert sum(p.numel() for p in backbone.denoiser.parameters()) < 1.5e6
+        assert backbone.size_multiple in (8, 16) and 64 % backbone.size_multiple == 0
+
+
+def test_registered_capabilities_are_the_classes():
+    from rdiff.plugins import plugins
+
+    for name in BACKBONES:
+        assert set(plugins().get("backbone", name).capabilities) == set(tiny(name).capabilities)
+    assert "down_residuals" in tiny("ldm-unet").capabilities
+    assert "down_residuals" not in tiny("dit").capabilities
+
+
+# --- phase 1 ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_each_stage_loss_is_finite_and_trains_only_its_stage(name):
+    backbone = tiny(name)
+    clean = images()
+    stage_ids = {stage: {id(p) for p in backbone.stage_parameters(stage)} for stage in backbone.stages}
+    for stage in backbone.stages:
+        backbone.zero_grad(set_to_none=True)
+        loss, logs = backbone.reconstruction_loss(stage, clean, roi_of(clean))
+        assert torch.isfinite(loss) and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+        loss.backward()
+        with_grad = {id(p) for p in backbone.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert with_grad, f"stage {stage} trains nothing"
+        assert with_grad <= stage_ids[stage], f"stage {stage} leaks gradients into other networks"
+    assert float(backbone.latent_scale) > 0  # measured on the first denoiser batch
+
+
+def test_degraded_pretext_conditions_on_degraded_images():
+    backbone = rdiff.create_backbone("ldm-unet", preset="tiny", pretext="degraded")
+    assert backbone.needs_degraded("denoiser") and not backbone.needs_degraded("autoencoder")
+    assert not tiny("ldm-unet").needs_degraded("denoiser")
+    clean = images()
+    loss, _ = backbone.reconstruction_loss("denoiser", clean, roi_of(clean), degraded=clean * 0.5)
+    assert torch.isfinite(loss)
+
+
+def test_unknown_stage_is_a_user_error():
+    with pytest.raises(rdiff.UserError, match="autoencoder, denoiser"):
+        tiny("ldm-unet").stage_parameters("decoder")
+
+
+@pytest.mark.slow
+def test_autoencoder_loss_falls_in_30_steps():
+    torch.manual_seed(0)
+    backbone = rdiff.create_backbone("ldm-unet", preset="tiny")
+    optimiser = torch.optim.Adam(backbone.stage_parameters("autoencoder"), lr=1e-3)
+    clean, losses = images(batch=4), []
+    for _ in range(30):
+        loss, _ = backbone.reconstruction_loss("autoencoder", clean, roi_of(clean))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+def test_lpips_without_local_weights_is_a_clear_user_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty weights cache
+    with pytest.raises(rdiff.UserError, match="lpips_weight"):
+        rdiff.create_backbone("ldm-unet", preset="tiny", lpips_weight=0.1)
+
+
+def test_patchgan_trains_with_the_autoencoder():
+    backbone = rdiff.create_backbone("ldm-unet", preset="tiny", gan_weight=0.1, discriminator_channels=16)
+    clean = images()
+    loss, logs = backbone.reconstruction_loss("autoencoder", clean, roi_of(clean))
+    loss.backward()
+    assert {"gan", "discriminator"} <= set(logs)
+    assert all(p.grad is not None for p in backbone.networks()["discriminator"].parameters())
+
+
+# --- phase 2 ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_adaptation_targets_name_real_res_blocks(name):
+    backbone = tiny(name)
+    targets = backbone.adaptation_targets()
+    groups = {t.group for t in targets}
+    assert {"encoder", "denoiser_down", "denoiser_up"} <= groups
+    for target in targets:
+        assert backbone.get_submodule(target.name) is target.module
+        assert target.group in ("encoder", "denoiser_down", "denoiser_mid", "denoiser_up")
+    encoder = [t for t in targets if t.group == "encoder"]
+    assert all(t.name.startswith("autoencoder.encoder.") and t.name.endswith(".conv2") for t in encoder)
+    if name == "ldm-unet":
+        assert "denoiser_mid" in groups and all(t.layout == "BCHW" for t in targets)
+    else:
+        assert {t.layout for t in targets if t.group != "encoder"} == {"BLC"}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_adaptation_loss_trains_the_adaptor_and_starts_at_the_base(name):
+    backbone = tiny(name)
+    hq = images(seed=1)
+    lq = hq * 0.6
+    base = backbone.enhance(lq, path="fast")
+    adaptor = ToyResidualAdaptor(backbone)
+    assert torch.equal(backbone.enhance(lq, path="fast"), base)  # zero-initialised: exactly the base
+    loss, logs = backbone.adaptation_loss(lq, hq, roi_of(hq))
+    assert {"encoder", "diffusion"} <= set(logs) and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in backbone.parameters())  # the base stays frozen
+    encoder_layers = [layer for key, layer in adaptor.layers.items() if key.startswith("autoencoder__")]
+    denoiser_layers = [layer for key, layer in adaptor.layers.items() if key.startswith("denoiser__")]
+    assert all(layer.weight.grad.abs().sum() > 0 for layer in encoder_layers)
+    assert any(layer.weight.grad.abs().sum() > 0 for layer in denoiser_layers)
+    with torch.no_grad():
+        for layer in encoder_layers:
+            layer.weight.normal_(std=0.1)
+    adapted = backbone.enhance(lq, path="fast")
+    assert not torch.allclose(adapted, base)
+    with backbone.base_only():
+        assert torch.equal(backbone.enhance(lq, path="fast"), base)
+
+
+def test_lora_targets_exist_in_tiny_and_paper_networks():
+    with torch.device("meta"):
+        paper = rdiff.create_backbone("ldm-unet", preset="paper")
+    for backbone in (tiny("ldm-unet"), tiny("dit"), paper):
+        targets = backbone.lora_target_modules()
+        assert set(targets) == {"autoencoder", "denoiser"}
+        networks = backbone.networks()
+        for network, names in targets.items():
+            assert names
+            for module_name in names:
+                assert isinstance(networks[network].get_submodule(module_name), (nn.Conv2d, nn.Linear))
+        assert all(n.startswith("encoder.") for n in targets["autoencoder"])
+    assert any(n.endswith("attentions.0.to_q") for n in paper.lora_target_modules()["denoiser"])
+
+
+def test_control_residuals_reach_the_unet_only_while_enabled():
+    from rdiff_ldm_unet.unet import unet_forward
+
+    backbone = tiny("ldm-unet")
+    unet = backbone.control_unet()
+    sample, t = torch.randn(2, 6, 8, 8), torch.tensor([3, 700])
+    plain = unet(sample, t).sample
+    assert torch.equal(unet_forward(unet, sample, t), plain)
+    adaptor = ToyControlAdaptor(backbone)
+    with torch.no_grad():
+        controlled = backbone.predict(sample, t)
+        with backbone.base_only():
+            assert torch.equal(backbone.predict(sample, t), plain)
+        down, mid = adaptor.control_residuals(sample, t)
+        assert torch.allclose(controlled, unet_forward(unet, sample, t, down, mid))
+        zeros = unet_forward(unet, sample, t, tuple(torch.zeros_like(d) for d in down), torch.zeros_like(mid))
+    assert not torch.allclose(controlled, plain)
+    assert torch.allclose(zeros, plain, atol=1e-6)
+
+
+def test_unet_forward_equals_diffusers_at_the_paper_layout():
+    from rdiff_ldm_unet.unet import unet_forward
+
+    torch.manual_seed(0)
+    backbone = rdiff.create_backbone("ldm-unet", preset="tiny", unet_channels=[32, 32, 64, 64],
+                                     unet_attention=[False, True, True, True], unet_mid_attention=True, head_dim=16)
+    unet = backbone.denoiser
+    sample, t = torch.randn(2, 6, 16, 16), torch.tensor([1, 999])
+    with torch.no_grad():
+        assert torch.equal(unet_forward(unet, sample, t), unet(sample, t).sample)
+
+
+def test_dit_forward_equals_diffusers_and_takes_non_square_latents():
+    from rdiff_dit.backbone import dit_forward
+
+    dit = tiny("dit").denoiser
+    sample, t = torch.randn(2, 6, 8, 8), torch.tensor([5, 900])
+    with torch.no_grad():
+        reference = dit(sample, t, class_labels=torch.zeros(2, dtype=torch.long)).sample
+        assert torch.equal(dit_forward(dit, sample, t), reference)
+        assert dit_forward(dit, torch.randn(2, 6, 8, 12), t).shape == (2, 3, 8, 12)
+
+
+# --- enhancement ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_enhance_keeps_shape_and_range_on_both_paths(name):
+    backbone = tiny(name)
+    lq = images(size=32)
+    assert backbone.paths() == ("fast", "sample")
+    for path in backbone.paths():
+        out = backbone.enhance(lq, path=path, steps=3, generator=torch.Generator().manual_seed(0))
+        assert out.shape == lq.shape and out.dtype == lq.dtype
+        assert out.min() >= 0 and out.max() <= 1
+    wide = images(batch=1, size=32).repeat(1, 1, 1, 2)  # 32×64
+    assert backbone.enhance(wide, path="sample", steps=2).shape == wide.shape
+    with pytest.raises(rdiff.UserError, match="not one of"):
+        backbone.enhance(lq, path="ddpm")
+
+
+def test_sampling_is_deterministic_for_a_fixed_generator_or_noise():
+    backbone = tiny("ldm-unet")
+    lq = images(size=32)
+    run = lambda seed, **kw: backbone.enhance(lq, path="sample", steps=4, eta=1.0,  # noqa: E731
+                                              generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+    noise = torch.randn(2, *backbone.latent_shape(32, 32))
+    assert torch.equal(run(5, noise=noise), run(5, noise=noise.clone()))
+    eta0 = [backbone.enhance(lq, path="sample", steps=4, eta=0.0, noise=noise, generator=torch.Generator().manual_seed(s))
+            for s in (0, 1)]
+    assert torch.equal(*eta0)  # deterministic DDIM: the noise alone fixes the result
+
+
+def test_gradient_checkpointing_gives_the_same_loss():
+    backbone = tiny("ldm-unet")
+    clean = images()
+    torch.manual_seed(3)
+    reference, _ = backbone.reconstruction_loss("autoencoder", clean, roi_of(clean))
+    backbone.enable_gradient_checkpointing()
+    torch.manual_seed(3)
+    checkpointed, _ = backbone.reconstruction_loss("autoencoder", clean, roi_of(clean))
+    checkpointed.backward()
+    assert torch.allclose(reference, checkpointed)
+
+
+# --- weights ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_saved_networks_load_in_diffusers_and_back(name, tmp_path):
+    from diffusers import DDPMScheduler, DiTTransformer2DModel, UNet2DModel, VQModel
+
+    backbone = tiny(name)
+    clean = images(size=32)
+    backbone.reconstruction_loss("denoiser", clean, roi_of(clean))  # measures the latent scale
+    backbone.save(tmp_path)
+
+    autoencoder = VQModel.from_pretrained(tmp_path / "autoencoder")
+    assert autoencoder.config.scaling_factor == pytest.approx(float(backbone.latent_scale))
+    with torch.no_grad():
+        ours = backbone.enhance(clean, path="fast")
+        theirs = ((autoencoder.decode(autoencoder.encode(clean * 2 - 1).latents).sample + 1) / 2).clamp(0, 1)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+    denoiser_class = UNet2DModel if name == "ldm-unet" else DiTTransformer2DModel
+    denoiser = denoiser_class.from_pretrained(tmp_path / "denoiser")
+    sample, t = torch.randn(2, 6, 8, 8), torch.tensor([10, 500])
+    with torch.no_grad():
+        extra = {} if name == "ldm-unet" else {"class_labels": torch.zeros(2, dtype=torch.long)}
+        assert torch.allclose(denoiser(sample, t, **extra).sample, backbone.predict(sample, t), atol=1e-5)
+    assert DDPMScheduler.from_pretrained(tmp_path / "scheduler").config.beta_schedule == "scaled_linear"
+
+    restored = rdiff.create_backbone(name, preset="tiny")
+    restored.load(tmp_path)
+    assert float(restored.latent_scale) == pytest.approx(float(backbone.latent_scale))
+    sample_with = lambda b: b.enhance(clean, path="sample", steps=3, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    assert torch.allclose(sample_with(restored), sample_with(backbone), atol=1e-5)
+    assert json.loads((tmp_path / "autoencoder" / "config.json").read_text())["num_vq_embeddings"] == 1024
