@@ -104,3 +104,42 @@ def test_mismatched_pairs_name_the_orphan(toy, tmp_path, capsys):
             Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "pairs" / side / f"{n}.png")
     assert main(["train", *TOY, "--pairs", str(tmp_path / "pairs"), "--out", str(tmp_path / "r")]) == 2
     assert "lq/b.png' has no partner with the stem 'b'" in capsys.readouterr().err
+
+
+def _folder_with_a_corrupt_image(root):
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(root / f"{name}.png")
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+def test_a_corrupt_training_image_stops_or_is_skipped(toy, tmp_path, capsys):
+    data = _folder_with_a_corrupt_image(tmp_path / "data")
+    assert main(["train", *TOY, "--data", str(data), "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "train.bad_images=skip" in err
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert main(["reconstruct", *TOY, "--data", str(data), "--out", str(tmp_path / "r2"),
+                     "--set", "train.bad_images=skip"]) == 0
+
+
+def test_a_run_directory_of_another_backbone_configuration_is_refused(trained, capsys):
+    import yaml
+
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    config["model"]["width"] = 4  # the saved weights are 8 wide
+    (trained / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["evaluate", "--run", str(trained)]) == 2
+    err = capsys.readouterr().err
+    assert f"the weights in '{trained / 'reconstruct'}' do not fit the backbone 'toy'" in err
+
+
+def test_a_blocked_builtin_is_named_with_its_package(monkeypatch, capsys):
+    monkeypatch.setenv("RDIFF_BLOCK_PLUGINS", "dit")
+    assert main(["train", "--backbone", "dit", "--modality", "fundus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backbone 'dit'" in err and "provided by the 'rdiff' package" in err and "cnn-ae" in err

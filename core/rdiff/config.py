@@ -45,6 +45,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (fp16 only on GPUs)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     train_base: bool = False  # phase 2 also fine-tunes the backbone's last stage, as the paper's code did
+    bad_images: Literal["stop", "skip"] = "stop"  # an unreadable training image stops the run, or is skipped with a warning
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     cpu: bool = False  # force the CPU even when a GPU is present
     find_unused_parameters: bool = False  # DDP: set true for a plugin whose loss leaves trainable layers unused

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -41,19 +43,31 @@ class Pair:
 # --- loading -------------------------------------------------------------------------------------------------
 
 
-def load_items(modality: Modality, data: str | None, split: str, resize: int | None, min_size: int) -> list[Item]:
+def load_items(modality: Modality, data: str | None, split: str, resize: int | None, min_size: int,
+               bad_images: str = "stop") -> list[Item]:
     """Images of ``split`` (``train``, ``heldout`` or ``all``): the modality's embedded samples, or a folder.
 
     A folder is split by file (every 8th file is held out, at least one) when it has several; a single file is
     split by area (its right quarter is held out) so the held-out crops never overlap the training crops.
+    An unreadable file stops with its name, or with ``bad_images="skip"`` is left out with a warning.
     """
     if data is None:
         splits = ("train", "heldout") if split == "all" else (split,)
         raw = [(img, f"embedded {modality.name} {s} sample {i}")
                for s in splits for i, img in enumerate(modality.sample_images(s))]
     else:
-        raw = [(img, str(path) if k == 0 else f"{path}[{k}]")
-               for path in list_images(data, modality.suffixes) for k, img in enumerate(modality.read_stack(path))]
+        raw = []
+        for path in list_images(data, modality.suffixes):
+            try:
+                images = modality.read_stack(path)
+            except UserError as exc:
+                if bad_images != "skip":
+                    raise UserError(f"{exc} (set train.bad_images=skip to leave unreadable files out)") from None
+                warnings.warn(f"skipped: {exc}", stacklevel=2)
+                continue
+            raw += [(img, str(path) if k == 0 else f"{path}[{k}]") for k, img in enumerate(images)]
+        if not raw:
+            raise UserError(f"data folder '{data}' holds no readable images.")
     raw = [(resize_longest(img, resize), name) for img, name in raw]
     for img, name in raw:
         if min(img.shape[:2]) < min_size:

@@ -121,7 +121,7 @@ class Engine:
         """Train each backbone stage in turn on unpaired clean crops; save each network when its stage ends."""
         cfg, train = self.config, self.config.train
         started = time.perf_counter()
-        items = load_items(self.modality, cfg.data, "train", train.resize, train.image_size)
+        items = load_items(self.modality, cfg.data, "train", train.resize, train.image_size, train.bad_images)
         done_file = self.reconstruct_dir / "stages.json"
         done = json.loads(done_file.read_text())["done"] if done_file.is_file() else []
         if done:
@@ -171,7 +171,7 @@ class Engine:
             n_val = min(max(1, len(all_pairs) // 5), len(all_pairs) - 1)
             val = fixed_crops(all_pairs[-n_val:], train.image_size, max(train.val_pairs, n_val), cfg.seed + 1)
             return all_pairs[:-n_val], val
-        items = load_items(self.modality, cfg.data, "train", train.resize, train.image_size)
+        items = load_items(self.modality, cfg.data, "train", train.resize, train.image_size, train.bad_images)
         made = degraded_crops(self.modality, items, train.image_size, train.pairs + train.val_pairs,
                               stable_seed(cfg.seed, "pairs"))
         return made[:train.pairs], made[train.pairs:]
@@ -409,7 +409,7 @@ class Engine:
         if self.is_main:
             started = time.perf_counter()
             items = load_items(self.modality, data if data is not None else cfg.data, "heldout",
-                               cfg.train.resize, cfg.train.image_size)
+                               cfg.train.resize, cfg.train.image_size, cfg.train.bad_images)
             pairs = degraded_crops(self.modality, items, cfg.train.image_size, cfg.eval.crops, cfg.eval.seed)
             result = evaluate(self.backbone, self.modality, pairs, default_path=cfg.eval.path,
                               sample_steps=cfg.eval.sample_steps, eta=cfg.eval.eta, seed=cfg.eval.seed,

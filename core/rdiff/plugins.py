@@ -156,8 +156,10 @@ class Plugins:
         hint = did_you_mean(name, table)
         known = catalogue().get(_PLURAL[kind], {}).get(name)
         if known:
-            hint += (f"; '{name}' is provided by the '{known.get('package', 'rdiff')}' package"
-                     f"{' but its plugin failed to load: ' + self.broken[known['plugin']] if known.get('plugin') in self.broken else ', is it installed and not blocked?'}")
+            package, plugin = known.get("package", "rdiff"), known.get("plugin", name)
+            why = (f", whose plugin '{plugin}' failed to load: {self.broken[plugin]}" if plugin in self.broken
+                   else f"; check that it is installed and that its plugin '{plugin}' is not blocked (RDIFF_BLOCK_PLUGINS)")
+            hint += f"; '{name}' is provided by the '{package}' package{why}"
         raise UserError(f"unknown {kind} '{name}'{hint}; installed {_PLURAL[kind]}: {installed}.")
 
     def presets(self, entry: Entry) -> dict[str, dict]:
