@@ -278,6 +278,7 @@ def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rdiff.plugins import plugins
+    from rdiff.bench import add_parser as add_bench_parser
     from rdiff.scaffold import add_parser as add_new_plugin_parser
 
     parser = argparse.ArgumentParser(
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_list)
 
     add_new_plugin_parser(sub)
+    add_bench_parser(sub)
 
     hook = plugins().pm.hook
     hook.rdiff_register_commands(subparsers=sub)

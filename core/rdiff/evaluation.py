@@ -40,22 +40,22 @@ def _batches(items: list[Pair], size: int) -> Iterator[list[Pair]]:
 
 @torch.no_grad()
 def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor], torch.Tensor],
-          device: torch.device, batch_size: int = 16) -> dict[str, Any]:
+          device: torch.device, batch_size: int = 16, by_type: bool = True) -> dict[str, Any]:
     """Metrics of ``produce(lq)`` against hq over ``pairs``, overall and by degradation type."""
     overall = local_metrics(modality.metrics().to(device))
-    by_type: dict[str, Any] = {}
+    types: dict[str, Any] = {}
     for chunk in _batches(pairs, batch_size):
         batch = {k: v.to(device) for k, v in stack(chunk).items()}
         out = produce(batch["lq"]).float().clamp(0, 1)
         overall.update(out, batch["hq"], batch["roi"])
-        for i, pair in enumerate(chunk):
+        for i, pair in enumerate(chunk if by_type else []):
             for kind in pair.params.get("types", []):
-                if kind not in by_type:
-                    by_type[kind] = local_metrics(modality.metrics().to(device))
-                by_type[kind].update(out[i:i + 1], batch["hq"][i:i + 1], batch["roi"][i:i + 1])
+                if kind not in types:
+                    types[kind] = local_metrics(modality.metrics().to(device))
+                types[kind].update(out[i:i + 1], batch["hq"][i:i + 1], batch["roi"][i:i + 1])
     result = {k: _number(v) for k, v in overall.compute().items()}
-    if by_type:
-        result["by_type"] = {kind: {k: _number(v) for k, v in m.compute().items()} for kind, m in sorted(by_type.items())}
+    if types:
+        result["by_type"] = {kind: {k: _number(v) for k, v in m.compute().items()} for kind, m in sorted(types.items())}
     return result
 
 
@@ -107,6 +107,6 @@ def validation_psnr(backbone: Reconstructor, modality: Modality, pairs: list[Pai
     """Mean PSNR of one path on the validation pairs (the early-stopping criterion of phase 2)."""
     backbone.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    result = score(modality, pairs, lambda lq: backbone.enhance(lq, generator=generator, **opts), device)
+    result = score(modality, pairs, lambda lq: backbone.enhance(lq, generator=generator, **opts), device, by_type=False)
     backbone.train()
     return float(result["psnr"]) if np.isfinite(result["psnr"]) else float("-inf")

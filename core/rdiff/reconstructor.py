@@ -49,11 +49,12 @@ class Reconstructor(nn.Module, ABC):
         object.__setattr__(self, "adaptor", None)  # set by an Adaptor; not a submodule of the base
 
     def forward(self, task: str, *args: Any, **kwargs: Any) -> Any:
-        """Training entry point: ``task`` is ``"reconstruction_loss"`` or ``"adaptation_loss"``.
+        """Training entry point: ``task`` is ``"reconstruction_loss"``, ``"adaptation_loss"`` or
+        ``"supervised_loss"``.
 
         The engine calls losses through ``forward`` so that DistributedDataParallel, which only hooks
         ``forward``, synchronises the gradients of every loss."""
-        if task not in ("reconstruction_loss", "adaptation_loss"):
+        if task not in ("reconstruction_loss", "adaptation_loss", "supervised_loss"):
             raise ValueError(f"unknown task {task!r}")
         return getattr(self, task)(*args, **kwargs)
 
@@ -81,6 +82,28 @@ class Reconstructor(nn.Module, ABC):
     @abstractmethod
     def adaptation_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
         """The phase-2 loss on pairs, with the adaptor on; use :meth:`base_only` for the frozen original."""
+
+    def supervised_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor
+                        ) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        """A plain supervised objective on pairs: the from-scratch baseline (``Engine.scratch``) trains the
+        whole backbone, from random initialisation, with it.
+
+        Default: L1 inside ``roi`` between the ``fast`` enhancement of ``lq`` and ``hq``. Backbones with the
+        ``latent`` capability compute the fast path as ``decode(encode(lq))`` (their ``enhance`` may run
+        without gradients); the others through ``enhance(lq, path="fast")``, which must then be
+        differentiable. Latent-diffusion backbones may override this to also train their denoiser on
+        ``E(lq) → E(hq)``, so that their sampling paths are trained too; by default only the networks of
+        the fast path learn."""
+        if "latent" in self.capabilities:
+            out = self.decode(self.encode(lq))
+        else:
+            out = self.enhance(lq, path="fast")
+        if torch.is_grad_enabled() and not out.requires_grad:
+            raise TypeError(f"{type(self).__name__}.enhance(path='fast') returns no gradients; override "
+                            f"supervised_loss() to train this backbone on pairs.")
+        weight = roi.to(out.dtype).expand_as(out)
+        l1 = ((out - hq).abs() * weight).sum() / weight.sum().clamp(min=1.0)
+        return l1, {"l1": float(l1.detach())}
 
     def finetune_parameters(self) -> list[nn.Parameter]:
         """What ``train.train_base`` fine-tunes in phase 2 besides the adaptor (default: the last stage)."""

@@ -1,0 +1,169 @@
+"""``rdiff bench`` on the toy plugin: every method in results.json, a failing cell reported while the others
+finish, the cache (and ``--force``), the tables and plots, and the figures over seeds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from rdiff import hookimpl
+from rdiff.bench import add_parser, make_row, mean_std, summarise
+
+REQUIRED = {"backbone", "modality", "adaptor", "preset", "method", "path", "psnr", "ssim", "trainable_params",
+            "total_params", "steps", "time_s", "seeds"}
+SMALL = ["--modalities", "toy", "--adaptors", "toy-adaptor", "--seeds", "2", "--crops", "4", "--pairs-counts", "1,2",
+         "--reconstruct-steps", "2", "--adapt-steps", "2", "--batch-size", "2"]
+
+
+# --- a backbone that fails in phase 1, registered by this module (listed in RDIFF_PLUGINS) -----------------------
+@hookimpl
+def rdiff_register_backbones(register):
+    from toy_plugin import TOY_PRESETS, ToyConfig
+
+    register("toy-broken", build=_broken, config=ToyConfig, summary="fails in phase 1", capabilities=("latent",),
+             presets=TOY_PRESETS)
+
+
+def _broken(config, channels):
+    from toy_components import ToyBackbone
+
+    class Broken(ToyBackbone):
+        def reconstruction_loss(self, stage, clean, roi, degraded=None):
+            raise RuntimeError("exploded on purpose")
+
+    return Broken(config, channels)
+
+
+def bench(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", *argv])
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def toy_bench(tmp_path_factory):
+    """One small bench of the toy backbone and the failing one, run once for the tests of this module."""
+    from rdiff import plugins
+
+    out = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RDIFF_DISABLE_PLUGIN_AUTOLOAD", "1")
+        mp.setenv("RDIFF_PLUGINS", f"toy_plugin,{__name__}")
+        plugins.reset()
+        code = bench("--backbones", "toy,toy-broken", *SMALL, "--out", str(out))
+        yield out, code, mp
+        plugins.reset()
+
+
+@pytest.mark.slow
+def test_rows_have_every_key_and_every_method(toy_bench):
+    out, _, _ = toy_bench
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert all(REQUIRED <= set(row) for row in rows)
+    toy = [r for r in rows if r["backbone"] == "toy"]
+    assert {r["method"] for r in toy} == {"input", "clahe", "reconstruct-only", "scratch", "adapted"}
+    for method in ("scratch", "adapted"):
+        assert sorted(r["pairs"] for r in toy if r["method"] == method) == [1, 2]
+    assert all(r["error"] is None and r["seeds"] == [0, 1] and r["psnr"] is not None for r in toy)
+    adapted = next(r for r in toy if r["method"] == "adapted" and r["pairs"] == 2)
+    assert adapted["path"] == "fast" and adapted["steps"] == 2
+    assert 0 < adapted["trainable_params"] < adapted["total_params"]
+    scratch = next(r for r in toy if r["method"] == "scratch" and r["pairs"] == 2)
+    assert scratch["trainable_params"] == scratch["total_params"] > 0  # every parameter, from random init
+    assert "illumination" in adapted["by_type"]  # the largest pairs count is broken down by degradation type
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_reported_and_the_others_finish(toy_bench):
+    out, code, _ = toy_bench
+    assert code == 1
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    broken = {r["method"]: r for r in rows if r["backbone"] == "toy-broken"}
+    assert "exploded on purpose" in broken["reconstruct-only"]["error"] and broken["reconstruct-only"]["psnr"] is None
+    assert broken["adapted"]["error"].startswith("phase 1 failed: ") and broken["adapted"]["seeds"] == []
+    assert broken["input"]["error"] is None  # what needs no backbone still has its figures
+    assert "exploded on purpose" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_tables_and_plots_are_written(toy_bench):
+    out, _, _ = toy_bench
+    table = (out / "results.md").read_text()
+    assert "| toy | toy-adaptor | adapted | fast | 2 |" in table and "by degradation type" in table
+    for name in ("convergence.png", "pairs.png", "grid-toy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+@pytest.mark.slow
+def test_figures_are_mean_and_sample_std_over_seeds(toy_bench):
+    out, _, _ = toy_bench
+    for row in json.loads((out / "results.json").read_text())["rows"]:
+        if row["psnr"] is not None:
+            values = row["per_seed"]["psnr"]
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            assert row["psnr"] == pytest.approx(mean, abs=1e-4) and row["psnr_std"] == pytest.approx(std, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_second_run_uses_the_cache_and_force_recomputes(toy_bench):
+    from rdiff.engine import Engine
+
+    out, _, mp = toy_bench
+    runs = out / "runs"
+    before = {p.name: p.stat().st_mtime_ns for p in runs.iterdir()}
+    calls = []
+    original = Engine.reconstruct
+    mp.setattr(Engine, "reconstruct", lambda self: calls.append(self.run_dir) or original(self))
+    assert bench("--backbones", "toy", *SMALL, "--out", str(out)) == 0
+    assert calls == [] and {p.name: p.stat().st_mtime_ns for p in runs.iterdir()} == before
+    assert bench("--backbones", "toy", *SMALL, "--out", str(out), "--force") == 0
+    assert len(calls) == 2  # phase 1 again, once per seed
+    assert sorted(p.name for p in runs.iterdir()) == sorted(before)  # the same runs, recomputed in place
+
+
+def test_mean_and_std_of_a_hand_checkable_case():
+    assert mean_std([20.0, 22.0]) == (21.0, round(math.sqrt(2), 4))
+    assert mean_std([7.5]) == (7.5, 0.0)
+    summary = summarise([{"psnr": 20.0, "ssim": 0.5, "by_type": {"blur": {"psnr": 18.0}}},
+                         {"psnr": 24.0, "ssim": 0.7, "by_type": {"blur": {"psnr": 20.0}, "noise": {"psnr": 30.0}}}])
+    assert summary["metrics"]["psnr"] == {"mean": 22.0, "std": round(math.sqrt(8), 4)}
+    assert summary["metrics"]["ssim"]["mean"] == 0.6
+    assert summary["by_type"]["blur"]["psnr"] == {"mean": 19.0, "std": round(math.sqrt(2), 4)}
+    assert summary["by_type"]["noise"]["psnr"] == {"mean": 30.0, "std": 0.0}  # only the seed that had it
+    row = make_row({"method": "adapted"}, [(0, {"paths": {"fast": {"psnr": 20.0, "ssim": 0.5}}}, None),
+                                           (1, None, "RuntimeError: boom"),
+                                           (2, {"paths": {"fast": {"psnr": 22.0, "ssim": 0.7}}}, None)],
+                   "fast", lambda r: r["paths"].get("fast"))
+    assert (row["psnr"], row["seeds"], row["error"]) == (21.0, [0, 2], "RuntimeError: boom")
+
+
+def test_bad_flags_are_user_errors(toy):
+    from rdiff.errors import UserError
+
+    with pytest.raises(UserError, match="--pairs-counts takes positive"):
+        bench("--backbones", "toy", "--modalities", "toy", "--adaptors", "toy-adaptor", "--pairs-counts", "0,5")
+    with pytest.raises(UserError, match="--set seed=... is chosen by the bench"):
+        bench("--backbones", "toy", "--modalities", "toy", "--adaptors", "toy-adaptor", "--set", "seed=3")
+    with pytest.raises(UserError, match="unknown adaptor 'toy-adapter'"):  # before anything runs
+        bench("--backbones", "toy", "--modalities", "toy", "--adaptors", "toy-adapter")
+
+
+def test_clahe_keeps_the_input_outside_the_roi_and_its_shape():
+    import numpy as np
+
+    from rdiff.bench import clahe
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((32, 32, 3)) * 0.4).astype(np.float32)
+    roi = np.zeros((32, 32), bool)
+    roi[8:24, 8:24] = True
+    out = clahe(image, roi)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert np.array_equal(out[~roi], image[~roi]) and not np.allclose(out[roi], image[roi])
+    grey = clahe(image[..., :1])
+    assert grey.shape == (32, 32, 1) and 0 <= grey.min() and grey.max() <= 1
