@@ -24,8 +24,16 @@ from rdiff import AdaptationTarget, UserError
 from rdiff_ldm_unet.config import LatentConfig
 
 
+def check_widths(key: str, widths: list[int], groups: int) -> None:
+    """Refuse widths that GroupNorm with ``groups`` groups cannot split, naming the config key."""
+    uneven = [w for w in widths if w % groups]
+    if uneven:
+        raise UserError(f"model.{key} has width {uneven[0]}, which model.norm_groups={groups} does not divide.")
+
+
 def build_autoencoder(config: LatentConfig, channels: int) -> VQModel | AutoencoderKL:
     """The autoencoder described by ``config`` for images of ``channels`` channels."""
+    check_widths("ae_channels", config.ae_channels, config.norm_groups)
     levels = len(config.ae_channels)
     shared = dict(
         in_channels=channels, out_channels=channels,

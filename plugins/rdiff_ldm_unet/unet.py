@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DModel
 
+from rdiff import UserError
+from rdiff_ldm_unet.autoencoder import check_widths
 from rdiff_ldm_unet.config import LDMConfig
 
 
 def build_unet(config: LDMConfig) -> UNet2DModel:
     """A UNet whose input is the noisy latent ⊕ the condition latent (channel concatenation)."""
+    check_widths("unet_channels", config.unet_channels, config.norm_groups)
     if len(config.unet_attention) != len(config.unet_channels):
-        from rdiff import UserError
-
         raise UserError(f"model.unet_attention has {len(config.unet_attention)} entries but model.unet_channels "
                         f"has {len(config.unet_channels)} levels; give one true/false per level.")
     down = tuple("AttnDownBlock2D" if attend else "DownBlock2D" for attend in config.unet_attention)
