@@ -4,39 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics import Metric
+
+from rdiff.metrics import MeanOverImages
 
 
-class MeanDeltaE(Metric):
+class MeanDeltaE(MeanOverImages):
     """Mean ΔE₀₀ (CIEDE2000, sRGB under D65 to CIELAB) over the roi's pixels, averaged over images.
 
     ΔE ≈ 1 is the smallest difference an observer notices side by side; 0 means identical colours.
     Lower is better. Computed with scikit-image on the CPU (evaluation sets are small)."""
 
     higher_is_better = False
-    full_state_update = False
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor, roi: torch.Tensor | None = None) -> None:
+    def per_image(self, preds: torch.Tensor, target: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
         from skimage.color import deltaE_ciede2000, rgb2lab
 
-        preds_np = _as_rgb(preds)
-        target_np = _as_rgb(target)
-        masks = (np.ones(preds_np.shape[:3], dtype=bool) if roi is None
-                 else roi[:, 0].detach().cpu().numpy() > 0.5)
-        for pred, clean, mask in zip(preds_np, target_np, masks):
+        scores = []
+        for pred, clean, mask in zip(_as_rgb(preds), _as_rgb(target), roi[:, 0].detach().cpu().numpy() > 0.5):
             if not mask.any():
+                scores.append(float("nan"))  # no pixel to score: the image is left out of the mean
                 continue
-            difference = deltaE_ciede2000(rgb2lab(clean[mask][None]), rgb2lab(pred[mask][None]))
-            self.total += float(difference.mean())
-            self.count += 1
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
+            scores.append(float(deltaE_ciede2000(rgb2lab(clean[mask][None]), rgb2lab(pred[mask][None])).mean()))
+        return torch.tensor(scores, dtype=torch.float64)
 
 
 def _as_rgb(batch: torch.Tensor) -> np.ndarray:
