@@ -32,13 +32,11 @@ def tiny(name: str) -> rdiff.Reconstructor:
 
 
 def images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """Smooth synthetic colour images in [0, 1]: a few random low-frequency waves per channel."""
+    """Smooth synthetic colour images in [0, 1]: random low-frequency waves per channel."""
     g = torch.Generator().manual_seed(seed)
-    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    freq, phase = torch.rand(batch, 3, 2, 2, generator=g) * 4, torch.rand(batch, 3, 2, generator=g) * 6.28
-    waves = torch.sin(freq[..., 0, :1, None] * 6.28 * x + phase[..., :1, None]) \
-        + torch.sin(freq[..., 1, 1:, None] * 6.28 * y + phase[..., 1:, None])
-    return (0.5 + 0.2 * waves).clamp(0, 1)
+    y, x = torch.meshgrid(torch.linspace(0, 6.28, size), torch.linspace(0, 6.28, size), indexing="ij")
+    fx, fy, phase = torch.rand(3, batch, 3, 1, 1, generator=g) * torch.tensor([2.0, 2.0, 6.28]).view(3, 1, 1, 1, 1)
+    return (0.5 + 0.2 * torch.sin(fx * x + phase) + 0.2 * torch.cos(fy * y)).clamp(0, 1)
 
 
 def roi_of(batch: torch.Tensor) -> torch.Tensor:
