@@ -246,6 +246,16 @@ def test_lora_targets_exist_in_tiny_and_paper_networks():
     assert any(n.endswith("attentions.0.to_q") for n in paper.lora_target_modules()["denoiser"])
 
 
+@pytest.mark.parametrize("name", BACKBONES)
+def test_peft_wraps_exactly_the_named_lora_targets(name):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    backbone = tiny(name)
+    for network, names in backbone.lora_target_modules().items():
+        wrapped = inject_adapter_in_model(LoraConfig(r=2, target_modules=names), backbone.networks()[network])
+        assert sum(name.endswith("lora_A.default.weight") for name, _ in wrapped.named_parameters()) == len(names)
+
+
 def test_control_residuals_reach_the_unet_only_while_enabled():
     from rdiff_ldm_unet.unet import unet_forward
 
