@@ -153,6 +153,25 @@ def test_bad_flags_are_user_errors(toy):
         bench("--backbones", "toy", "--modalities", "toy", "--adaptors", "toy-adapter")
 
 
+def test_preset_budget_keeps_the_presets_own_steps(toy):
+    # `--reconstruct-steps preset` etc. run the preset's full schedule (the comparison that means most)
+    from rdiff.bench import plan, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--backbones", "toy", "--modalities", "toy", "--adaptors", "toy-adaptor",
+                              "--reconstruct-steps", "preset", "--adapt-steps", "preset", "--batch-size", "preset"])
+    units = plan(settings_from_args(args))
+    train = next(u for u in units if u.kind == "adapt").config.train
+    assert (train.steps, train.adapt_steps, train.batch_size) == ({"autoencoder": 4}, 4, 4)
+    args = parser.parse_args(["bench", "--backbones", "toy", "--modalities", "toy", "--adaptors", "toy-adaptor",
+                              "--reconstruct-steps", "3"])
+    train = next(u for u in plan(settings_from_args(args)) if u.kind == "reconstruct").config.train
+    assert (train.steps, train.batch_size) == ({"autoencoder": 3}, 8)
+    with pytest.raises(SystemExit):  # argparse: "expected a whole number or 'preset'"
+        parser.parse_args(["bench", "--backbones", "toy", "--modalities", "toy", "--adapt-steps", "lots"])
+
+
 def test_clahe_keeps_the_input_outside_the_roi_and_its_shape():
     import numpy as np
 

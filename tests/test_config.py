@@ -45,6 +45,14 @@ def test_yaml_values_parse_to_the_declared_types():
     assert config.train.steps == {"autoencoder": 5}
 
 
+def test_exponent_without_a_dot_is_a_number(toy):
+    # PyYAML reads '2e-4' as a string; `--set train.lr=2e-4` must still mean 0.0002
+    config = resolve_config([BASE, parse_set(["train.lr=2e-4", "train.adapt_lr=1E-3"])])
+    assert config.train.lr == 2e-4 and config.train.adapt_lr == 1e-3
+    with pytest.raises(UserError, match="config key 'train.lr' must be a number, not 'fast'"):
+        resolve_config([BASE, parse_set(["train.lr=fast"])])
+
+
 def test_yaml_file_layer(toy, tmp_path):
     from rdiff.config import load_yaml
 

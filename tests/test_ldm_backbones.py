@@ -136,6 +136,24 @@ def test_each_stage_loss_is_finite_and_trains_only_its_stage(name, options):
     assert float(backbone.latent_scale) > 0  # measured on the first denoiser batch
 
 
+@pytest.mark.parametrize("name", BACKBONES)
+def test_scratch_loss_trains_the_autoencoder_and_the_denoiser(name):
+    # the from-scratch baseline must train the sampling path too, or its 'ddimK' rows would score an
+    # untrained denoiser; the autoencoder learns from the pixel loss only
+    backbone = tiny(name)
+    lq, hq = images(seed=1) * 0.6, images(seed=1)
+    loss, logs = backbone.supervised_loss(lq, hq, roi_of(hq))
+    loss.backward()
+    assert set(logs) == {"l1", "diffusion"} and torch.isfinite(loss)
+    for network in ("autoencoder", "denoiser"):
+        grads = [p.grad for p in getattr(backbone, network).parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), f"{network} gets no gradient"
+    backbone.zero_grad(set_to_none=True)
+    backbone.denoiser.requires_grad_(False)
+    backbone.supervised_loss(lq, hq, roi_of(hq))[0].backward()  # the pixel loss alone reaches the autoencoder
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.autoencoder.encoder.parameters())
+
+
 def test_degraded_pretext_conditions_on_degraded_images():
     backbone = rdiff.create_backbone("ldm-unet", preset="tiny", pretext="degraded")
     assert backbone.needs_degraded("denoiser") and not backbone.needs_degraded("autoencoder")

@@ -49,7 +49,7 @@ from typing import Any
 
 from rdiff.errors import UserError
 
-BENCH_VERSION = 1  # bump when what a unit computes changes, so older cache entries stop matching
+BENCH_VERSION = 2  # bump when what a unit computes changes, so older cache entries stop matching
 SAMPLES = 4  # held-out crops shown in each modality's before/after grid
 CURVE_POINTS = 4  # validations per adaptation (plus the starting point): the convergence plot's resolution
 
@@ -68,9 +68,10 @@ class Settings:
     pairs_counts: list[int] = field(default_factory=lambda: [5, 20])
     seeds: int = 3
     crops: int = 64
-    reconstruct_steps: int = 30
-    adapt_steps: int = 20
-    batch_size: int = 8
+    # the budget; None keeps the preset's own (`--reconstruct-steps preset` and so on)
+    reconstruct_steps: int | None = 30
+    adapt_steps: int | None = 20
+    batch_size: int | None = 8
     out: str = "runs/bench"
     force: bool = False
     dry_run: bool = False  # print the plan and its estimate, run nothing
@@ -125,13 +126,16 @@ def run_config(settings: Settings, backbone: str, modality: str, seed: int, adap
 
     names = {"backbone": backbone, "modality": modality, "preset": settings.preset, "seed": seed,
              "adaptor": adaptor or settings.adaptors[0]}
-    stages = resolve_config([names]).train.steps  # the backbone's stages, named by its preset
-    steps = settings.adapt_steps
-    budget = {"train": {"batch_size": settings.batch_size, "steps": {s: settings.reconstruct_steps for s in stages},
-                        "adapt_steps": steps, "val_every": max(1, math.ceil(steps / CURVE_POINTS)),
+    preset = resolve_config([names]).train  # the backbone's stages and budget, as its preset names them
+    steps = settings.adapt_steps or preset.adapt_steps
+    budget = {"train": {"adapt_steps": steps, "val_every": max(1, math.ceil(steps / CURVE_POINTS)),
                         # only the final checkpoint: an interrupted unit starts again rather than resumes
                         "checkpoint_every": 10 ** 9, "log_every": max(1, steps // 10)},
               "eval": {"crops": settings.crops}}
+    if settings.batch_size is not None:
+        budget["train"]["batch_size"] = settings.batch_size
+    if settings.reconstruct_steps is not None:
+        budget["train"]["steps"] = {s: settings.reconstruct_steps for s in preset.steps}
     if pairs is not None:
         budget["train"]["pairs"] = pairs
     return resolve_config([names, budget, settings.overrides])
@@ -797,8 +801,8 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
         "# rdiff bench", "",
         f"Preset `{s.preset}`; backbones {', '.join(s.backbones)}; modalities {', '.join(s.modalities)}; "
         f"adaptors {', '.join(s.adaptors)}; pairs {', '.join(map(str, s.pairs_counts))}; {s.seeds} seeds; "
-        f"{s.crops} held-out crops. Budget: {s.reconstruct_steps} phase-1 steps per stage at batch {s.batch_size}, "
-        f"{s.adapt_steps} adaptation steps (adapted and scratch alike).", "",
+        f"{s.crops} held-out crops. Budget: {_or_preset(s.reconstruct_steps)} phase-1 steps per stage at batch "
+        f"{_or_preset(s.batch_size)}, {_or_preset(s.adapt_steps)} adaptation steps (adapted and scratch alike).", "",
         "Figures are means ± sample standard deviation over the training seeds (the held-out crops are the "
         "same for every seed, fixed by `eval.seed`), scored inside the region of interest. `input` and `clahe` "
         "do not train, so their spread is 0. `reconstruct-only` is the phase-1 model with zero pairs; "
@@ -806,7 +810,7 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
         f"by degradation type and the convergence curves are for the largest count ({s.headline} pairs).", "",
     ]
     preset_steps = {u.backbone: _preset_steps(u) for u in bench.units if u.kind == "reconstruct" and u.config}
-    short = {b: n for b, n in preset_steps.items() if n > s.reconstruct_steps}
+    short = {b: n for b, n in preset_steps.items() if s.reconstruct_steps is not None and n > s.reconstruct_steps}
     if short:
         lines += [f"**Budget warning**: phase 1 trains {s.reconstruct_steps} steps per stage here, fewer than the "
                   f"`{s.preset}` presets do ({', '.join(f'{b}: {n}' for b, n in short.items())}); with so little "
@@ -850,6 +854,10 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
         "- Plots: `convergence.png` (validation PSNR during adaptation vs from scratch), `pairs.png` "
         "(held-out PSNR vs number of pairs), `grid-<modality>.png` (held-out crops before and after).", ""]
     return "\n".join(lines)
+
+
+def _or_preset(value: int | None) -> str:
+    return "the preset's" if value is None else str(value)
 
 
 def _preset_steps(unit: Unit) -> int:
@@ -1072,12 +1080,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "paths, by degradation type, convergence)")
     p.add_argument("--seeds", type=int, default=defaults.seeds, help="training seeds per cell (0, 1, ...)")
     p.add_argument("--crops", type=int, default=defaults.crops, help="held-out crops per modality")
-    p.add_argument("--reconstruct-steps", type=int, default=defaults.reconstruct_steps,
-                   help="phase-1 steps of every backbone stage (the tiny presets train 300-400)")
-    p.add_argument("--adapt-steps", type=int, default=defaults.adapt_steps,
-                   help="adaptation steps, also the from-scratch budget (the tiny presets adapt 150)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                   help="phase-1 batch size (adaptation keeps the preset's)")
+    p.add_argument("--reconstruct-steps", type=_budget, default=defaults.reconstruct_steps,
+                   help="phase-1 steps of every backbone stage, or 'preset' for the preset's own (the tiny "
+                        "presets train 300-400)")
+    p.add_argument("--adapt-steps", type=_budget, default=defaults.adapt_steps,
+                   help="adaptation steps, also the from-scratch budget, or 'preset' (the tiny presets adapt 150)")
+    p.add_argument("--batch-size", type=_budget, default=defaults.batch_size,
+                   help="phase-1 batch size, or 'preset' (adaptation keeps the preset's)")
     p.add_argument("--out", default=defaults.out, help="output folder: results, plots, runs/ and cache/")
     p.add_argument("--force", action="store_true", help="recompute every unit even when it is cached")
     p.add_argument("--dry-run", action="store_true", help="print the units to run and the time estimate, then stop")
@@ -1091,7 +1100,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     from rdiff.config import parse_set
 
     for flag in ("seeds", "crops", "reconstruct_steps", "adapt_steps", "batch_size"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}.")
     from rdiff.plugins import plugins
 
@@ -1112,6 +1121,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     reconstruct_steps=args.reconstruct_steps, adapt_steps=args.adapt_steps,
                     batch_size=args.batch_size, out=args.out, force=args.force, dry_run=args.dry_run,
                     overrides=overrides)
+
+
+def _budget(text: str) -> int | None:
+    """A budget flag's value: a whole number, or 'preset' (None) for the preset's own."""
+    if text.strip().lower() == "preset":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'preset', got '{text}'") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -151,6 +151,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads '2e-4' (no dot) as a string; a user means the number
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise UserError(f"config key '{where}' must be a number, not {value!r}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -103,8 +103,9 @@ def rdiff_run_started(run_dir: Path, config: Any, cli_args: Any) -> None:
 
 @hookspec
 def rdiff_step_end(phase: str, stage: str, step: int, logs: dict[str, float]) -> None:
-    """An optimisation step finished (main process only). ``phase`` is ``reconstruct`` or ``adapt``;
-    ``stage`` the backbone stage (e.g. ``autoencoder``, ``denoiser``, or ``adapt``); ``logs`` the
+    """An optimisation step finished (main process only). ``phase`` is ``reconstruct``, ``adapt`` or
+    ``scratch`` (the from-scratch baseline of ``rdiff bench``); ``stage`` the backbone stage (e.g.
+    ``autoencoder``, ``denoiser``), or ``adapt`` / ``scratch``; ``logs`` the
     numbers written to metrics.jsonl for this step."""
 
 

@@ -16,7 +16,9 @@ PSNR_CAP = 100.0  # identical images score this instead of infinity, so means st
 
 class MeanOverImages(Metric):
     """Base for per-image metrics: subclasses implement ``per_image(preds, target, roi) -> B scores``;
-    a NaN score skips that image (e.g. a no-reference metric that finds no usable region)."""
+    a NaN score skips that image (e.g. a no-reference metric that finds no usable region). Sum and count
+    states, so the mean reduces correctly across processes. ``target`` may be ``None`` for a
+    no-reference metric; ``roi`` defaults to the whole image."""
 
     higher_is_better = True
     full_state_update = False
@@ -26,10 +28,11 @@ class MeanOverImages(Metric):
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor, roi: torch.Tensor | None = None) -> None:
+    def update(self, preds: torch.Tensor, target: torch.Tensor | None = None, roi: torch.Tensor | None = None) -> None:
         if roi is None:
-            roi = torch.ones_like(target[:, :1])
-        scores = self.per_image(preds.float(), target.float(), roi.float()).double()
+            roi = torch.ones_like(preds[:, :1])
+        target = None if target is None else target.float()
+        scores = self.per_image(preds.float(), target, roi.float()).double()
         keep = ~torch.isnan(scores)  # NaN means "no score for this image"
         self.total += scores[keep].sum()
         self.count += int(keep.sum())

@@ -91,9 +91,9 @@ class Reconstructor(nn.Module, ABC):
         Default: L1 inside ``roi`` between the ``fast`` enhancement of ``lq`` and ``hq``. Backbones with the
         ``latent`` capability compute the fast path as ``decode(encode(lq))`` (their ``enhance`` may run
         without gradients); the others through ``enhance(lq, path="fast")``, which must then be
-        differentiable. Latent-diffusion backbones may override this to also train their denoiser on
-        ``E(lq) → E(hq)``, so that their sampling paths are trained too; by default only the networks of
-        the fast path learn."""
+        differentiable. By default only the networks of the fast path learn; latent-diffusion backbones
+        (``ldm-unet``, ``dit``) override this to also train their denoiser on ``E(lq) → E(hq)``, so that
+        their sampling paths are trained too."""
         if "latent" in self.capabilities:
             out = self.decode(self.encode(lq))
         else:

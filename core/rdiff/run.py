@@ -100,7 +100,7 @@ class Run:
         if pairs is None:
             split = "all" if data is not None else "heldout"
             items = load_items(self.modality, data if data is not None else cfg.data, split,
-                               cfg.train.resize, cfg.train.image_size)
+                               cfg.train.resize, cfg.train.image_size, cfg.train.bad_images)
             held = degraded_crops(self.modality, items, cfg.train.image_size, crops or cfg.eval.crops, cfg.eval.seed)
             return evaluate(self.backbone, self.modality, held, default_path=cfg.eval.path,
                             sample_steps=cfg.eval.sample_steps, eta=cfg.eval.eta, seed=cfg.eval.seed,

@@ -157,6 +157,20 @@ class LatentDiffusion(Reconstructor):
         loss = self.config.encoder_loss_weight * encoder + self.config.diffusion_loss_weight * diffusion
         return loss, {"encoder": float(encoder.detach()), "diffusion": float(diffusion.detach())}
 
+    def supervised_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The from-scratch baseline trains both paths at once: L1 inside ``roi`` between ``D(E(lq))`` and
+        ``hq`` (the ``fast`` path) plus the denoiser's diffusion loss towards ``E(hq)`` conditioned on
+        ``E(lq)`` (the sampling paths). The latents are detached for the denoiser, so the autoencoder
+        learns from the pixel loss only, as it would in a two-stage latent diffusion."""
+        l1, _ = super().supervised_loss(lq, hq, roi)
+        with torch.no_grad():
+            raw = encode_raw(self.autoencoder, hq * 2 - 1)
+            if float(self.latent_scale) <= 0:
+                self.measure_latent_scale(raw)
+            target, condition = raw * self.scale(), self.encode(lq)
+        diffusion = self.diffusion_loss(target, condition)
+        return l1 + diffusion, {"l1": float(l1.detach()), "diffusion": float(diffusion.detach())}
+
     def finetune_parameters(self) -> list[nn.Parameter]:
         """``--train-base`` fine-tunes the whole denoiser, as the paper's released code did."""
         return list(self.denoiser.parameters())

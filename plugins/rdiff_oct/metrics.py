@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
-
-from rdiff.metrics import PSNR_CAP
+from rdiff.metrics import PSNR_CAP, MeanOverImages
 
 SMOOTHING_SIGMA = (1.0, 4.0)  # px along depth, across A-scans
 SIGNAL_QUANTILE = 0.95
@@ -72,31 +70,18 @@ def signal_and_background(image: torch.Tensor, roi: torch.Tensor) -> tuple[torch
     return signal, background
 
 
-class _NoReferenceMetric(Metric):
-    """Mean over images of a per-image score of ``preds`` alone (sum and count states, so it reduces
-    across processes like the core metrics). ``update(preds, target, roi)`` keeps the full-reference
-    signature of a metric collection; ``target`` is ignored."""
+class _NoReferenceMetric(MeanOverImages):
+    """Mean over images of a per-image score of ``preds`` alone; ``target`` is ignored (it may be
+    ``None``), so the metric sits in a full-reference metric collection unchanged."""
 
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor | None = None, roi: torch.Tensor | None = None) -> None:
-        images = preds.float().mean(dim=1)  # B×H×W (OCT has one channel; others are averaged)
-        masks = torch.ones_like(images, dtype=torch.bool) if roi is None else roi[:, 0] > 0.5
-        for image, mask in zip(images, masks):
+    def per_image(self, preds: torch.Tensor, target: torch.Tensor | None, roi: torch.Tensor) -> torch.Tensor:
+        images = preds.mean(dim=1)  # B×H×W (OCT has one channel; others are averaged)
+        scores = []
+        for image, mask in zip(images, roi[:, 0] > 0.5):
             regions = signal_and_background(image, mask)
-            if regions is None:
-                continue
-            self.total += float(self.score(image[regions[0]], image[regions[1]]))
-            self.count += 1
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
+            # NaN: no usable regions in this image, so it is skipped
+            scores.append(float("nan") if regions is None else float(self.score(image[regions[0]], image[regions[1]])))
+        return torch.tensor(scores, dtype=torch.float64)
 
     def score(self, signal: torch.Tensor, background: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
