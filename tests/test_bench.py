@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+import rdiff
 from rdiff import hookimpl
 from rdiff.bench import add_parser, make_row, mean_std, summarise
 
@@ -170,6 +171,23 @@ def test_preset_budget_keeps_the_presets_own_steps(toy):
     assert (train.steps, train.batch_size) == ({"autoencoder": 3}, 8)
     with pytest.raises(SystemExit):  # argparse: "expected a whole number or 'preset'"
         parser.parse_args(["bench", "--backbones", "toy", "--modalities", "toy", "--adapt-steps", "lots"])
+
+
+def test_scratch_lr_changes_only_the_from_scratch_runs(toy):
+    # the baseline gets its own learning rate; adaptation, phase 1 and the cache keys of both stay as they were
+    from rdiff.bench import plan, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    common = ["bench", "--backbones", "toy", "--modalities", "toy", "--adaptors", "toy-adaptor", "--seeds", "1"]
+    same = plan(settings_from_args(parser.parse_args(common)))
+    units = plan(settings_from_args(parser.parse_args(common + ["--scratch-lr", "3e-3"])))
+    lr = {u.kind: u.config.train.adapt_lr for u in units if u.kind in ("adapt", "scratch")}
+    assert lr["scratch"] == 3e-3 and lr["adapt"] == next(u for u in same if u.kind == "adapt").config.train.adapt_lr
+    changed = {u.kind for u, v in zip(same, units) if u.key != v.key}
+    assert changed == {"scratch"}
+    with pytest.raises(rdiff.UserError, match="--scratch-lr"):
+        settings_from_args(parser.parse_args(common + ["--scratch-lr", "0"]))
 
 
 def test_clahe_keeps_the_input_outside_the_roi_and_its_shape():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -320,6 +321,16 @@ def test_enhance_files_globs_suffixes_and_missing_inputs(tmp_path, capsys):
         enhance_files(run, [str(tmp_path / "nowhere.png")], tmp_path / "out")
     with pytest.raises(rdiff.UserError, match="overwrite"):
         enhance_files(run, [str(tmp_path / "a.png")], tmp_path)
+
+
+def test_written_images_are_readable_by_others_as_a_plainly_created_file_is(tmp_path):
+    # atomic writes go through a temporary file, which tempfile makes private (0600)
+    old = os.umask(0o022)
+    try:
+        path = images.write_image(tmp_path / "out" / "a.png", smooth_image(8, 8))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 LARGE_IMAGE_SCRIPT = textwrap.dedent("""

@@ -72,6 +72,7 @@ class Settings:
     reconstruct_steps: int | None = 30
     adapt_steps: int | None = 20
     batch_size: int | None = 8
+    scratch_lr: float | None = None  # the from-scratch baseline's learning rate; None: the adaptation's
     out: str = "runs/bench"
     force: bool = False
     dry_run: bool = False  # print the plan and its estimate, run nothing
@@ -120,8 +121,9 @@ class Unit:
 
 
 def run_config(settings: Settings, backbone: str, modality: str, seed: int, adaptor: str | None = None,
-               pairs: int | None = None) -> Any:
-    """The resolved configuration of one run: the preset, the bench's budget, then ``--set`` on top."""
+               pairs: int | None = None, scratch: bool = False) -> Any:
+    """The resolved configuration of one run: the preset, the bench's budget, then ``--set`` on top (and
+    ``--scratch-lr`` on top of that for a from-scratch run)."""
     from rdiff.cli import resolve_config
 
     names = {"backbone": backbone, "modality": modality, "preset": settings.preset, "seed": seed,
@@ -138,7 +140,10 @@ def run_config(settings: Settings, backbone: str, modality: str, seed: int, adap
         budget["train"]["steps"] = {s: settings.reconstruct_steps for s in preset.steps}
     if pairs is not None:
         budget["train"]["pairs"] = pairs
-    return resolve_config([names, budget, settings.overrides])
+    layers = [names, budget, settings.overrides]
+    if scratch and settings.scratch_lr is not None:  # the from-scratch run trains with train.adapt_lr
+        layers.append({"train": {"adapt_lr": settings.scratch_lr}})
+    return resolve_config(layers)
 
 
 def plan(settings: Settings) -> list[Unit]:
@@ -174,7 +179,7 @@ def _unit(settings: Settings, kind: str, backbone: str, modality: str, seed: int
                 headline=pairs is not None and pairs == settings.headline)
     if error is None:
         try:
-            unit.config = run_config(settings, backbone, modality, seed, adaptor, pairs)
+            unit.config = run_config(settings, backbone, modality, seed, adaptor, pairs, scratch=kind == "scratch")
         except UserError as exc:
             unit.error = str(exc)
     return unit
@@ -802,7 +807,8 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
         f"Preset `{s.preset}`; backbones {', '.join(s.backbones)}; modalities {', '.join(s.modalities)}; "
         f"adaptors {', '.join(s.adaptors)}; pairs {', '.join(map(str, s.pairs_counts))}; {s.seeds} seeds; "
         f"{s.crops} held-out crops. Budget: {_or_preset(s.reconstruct_steps)} phase-1 steps per stage at batch "
-        f"{_or_preset(s.batch_size)}, {_or_preset(s.adapt_steps)} adaptation steps (adapted and scratch alike).", "",
+        f"{_or_preset(s.batch_size)}, {_or_preset(s.adapt_steps)} adaptation steps (adapted and scratch alike); "
+        f"scratch learning rate {'as adaptation' if s.scratch_lr is None else s.scratch_lr}.", "",
         "Figures are means ± sample standard deviation over the training seeds (the held-out crops are the "
         "same for every seed, fixed by `eval.seed`), scored inside the region of interest. `input` and `clahe` "
         "do not train, so their spread is 0. `reconstruct-only` is the phase-1 model with zero pairs; "
@@ -838,10 +844,10 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
     lines += [
         "## Notes", "",
         "- `scratch` trains every parameter its `supervised_loss` reaches (by default L1 inside the roi between the "
-        "fast path and the clean image), from random initialisation, with the same steps, batch and learning rate "
-        "as adaptation (`train.adapt_lr`) on the same pairs, keeping the best step by validation PSNR like "
-        "adaptation does. A from-scratch model might prefer a higher learning rate; the bench keeps the same one "
-        "so that only the starting point and what trains differ. Its sampling paths are scored only for backbones "
+        "fast path and the clean image), from random initialisation, with the same steps and batch as adaptation "
+        "on the same pairs, keeping the best step by validation PSNR like adaptation does. Its learning rate is "
+        "adaptation's (`train.adapt_lr`) unless `--scratch-lr` gives another: a randomly initialised model "
+        "usually wants a higher one, so compare against the best you find. Its sampling paths are scored only for backbones "
         "whose `supervised_loss` also trains their denoiser.",
         "- `clahe` is scikit-image's `equalize_adapthist` with its defaults (tiles of 1/8 of the crop, clip limit "
         "0.01) on the CIELAB lightness (on the image itself for one channel), kept inside the region of interest. "
@@ -1087,6 +1093,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="adaptation steps, also the from-scratch budget, or 'preset' (the tiny presets adapt 150)")
     p.add_argument("--batch-size", type=_budget, default=defaults.batch_size,
                    help="phase-1 batch size, or 'preset' (adaptation keeps the preset's)")
+    p.add_argument("--scratch-lr", type=float, default=defaults.scratch_lr,
+                   help="learning rate of the from-scratch baseline (default: the adaptation's, train.adapt_lr); "
+                        "a randomly initialised model usually wants a higher one")
     p.add_argument("--out", default=defaults.out, help="output folder: results, plots, runs/ and cache/")
     p.add_argument("--force", action="store_true", help="recompute every unit even when it is cached")
     p.add_argument("--dry-run", action="store_true", help="print the units to run and the time estimate, then stop")
@@ -1102,6 +1111,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for flag in ("seeds", "crops", "reconstruct_steps", "adapt_steps", "batch_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}.")
+    if args.scratch_lr is not None and not args.scratch_lr > 0:
+        raise UserError(f"--scratch-lr must be a positive learning rate, not {args.scratch_lr}.")
     from rdiff.plugins import plugins
 
     overrides = parse_set(args.set)
@@ -1119,7 +1130,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     preset=args.preset,
                     pairs_counts=_counts(args.pairs_counts), seeds=args.seeds, crops=args.crops,
                     reconstruct_steps=args.reconstruct_steps, adapt_steps=args.adapt_steps,
-                    batch_size=args.batch_size, out=args.out, force=args.force, dry_run=args.dry_run,
+                    batch_size=args.batch_size, scratch_lr=args.scratch_lr, out=args.out, force=args.force, dry_run=args.dry_run,
                     overrides=overrides)
 
 

@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rdiff.images import current_umask, temp_beside
+
 MANIFEST = "manifest.json"
 
 
@@ -43,14 +45,16 @@ def _swap_into_place(tmp: Path, final: Path, keep_previous: bool) -> None:
 
 def _tmp_dir(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private (0700)
+    return tmp
 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_beside(path)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=False, default=str)
         f.write("\n")

@@ -268,8 +268,9 @@ def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
     if ev:
         print(format_eval_table(ev))
     p = report.get("params", {})
+    times = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in (report.get("time_s") or {}).items())
     print(f"parameters: {p.get('total', 0):,} total, {p.get('trainable', 0):,} trained in phase 2; "
-          f"time: {report.get('time_s', {})}")
+          f"time: {times or 'none'}")
     print(f"details: {out / 'report.json'}")
 
 

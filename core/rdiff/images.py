@@ -83,6 +83,20 @@ def bit_depth(path: str | Path) -> int:
         return 8
 
 
+def temp_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A temporary file next to ``path`` for an atomic write (write it, then ``os.replace``), with the
+    permissions a plainly created file would get: ``mkstemp`` alone makes it private (0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.chmod(tmp, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it, then put it back
+    os.umask(mask)
+    return mask
+
+
 def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = None, bits: int | None = None) -> Path:
     """Write ``H×W×C`` (C = 1 or 3) float image in [0, 1] atomically. The format follows ``path``'s suffix;
     the bit depth follows ``bits``, else ``like``'s file, else 8 (JPEG is always 8 bit)."""
@@ -98,7 +112,7 @@ def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = N
     scale, dtype = (65535.0, np.uint16) if bits == 16 else (255.0, np.uint8)
     data = np.round(image * scale).astype(dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = temp_beside(path, suffix)
     os.close(fd)
     try:
         if suffix in (".tif", ".tiff"):

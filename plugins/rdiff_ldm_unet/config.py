@@ -22,7 +22,7 @@ class LatentConfig:
     ae_mid_attention: bool = True  # self-attention in the autoencoder's middle block (off: any image size behaves as in training)
     latent_channels: int = 3  # channels of the latent image
     codebook_size: int = 32768  # vq only: number of codebook vectors
-    norm_groups: int = 32  # GroupNorm groups in every network; must divide every width, and >= 4 channels per group keep brightness (1 per group is an instance norm)
+    norm_groups: int = 32  # GroupNorm groups in every network; must divide every width (one channel per group normalises away each crop's brightness: an illumination prior)
     latent_scale: float | None = None  # latents are multiplied by this before diffusion; None: 1/std of the first denoiser batch's latents
     # --- noise schedule (phase-1 stage "denoiser") ---
     train_timesteps: int = 1000  # diffusion steps of the training schedule
