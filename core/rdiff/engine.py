@@ -64,6 +64,33 @@ class Fit:
     val_every: int = 0
 
 
+@dataclass
+class BestSoFar:
+    """The best validation of a phase-2 run and its weights. It travels in every checkpoint, so a resumed
+    run still keeps the best step rather than the last."""
+
+    psnr: float = -math.inf
+    step: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, psnr: float, step: int, weights: Callable[[], dict[str, torch.Tensor]]) -> None:
+        if psnr > self.psnr:
+            self.psnr, self.step = psnr, step
+            self.weights = {k: v.detach().cpu().clone() for k, v in weights().items()}
+
+    def save_into(self, tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+        if self.weights is not None:
+            tensors["best"] = self.weights
+            tensors["best_meta"] = {"psnr": torch.tensor(self.psnr), "step": torch.tensor(self.step)}
+        return tensors
+
+    def load_from(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        if "best" in tensors:
+            self.weights = tensors["best"]
+            self.psnr = float(tensors["best_meta"]["psnr"])
+            self.step = int(tensors["best_meta"]["step"])
+
+
 def stable_seed(*parts: Any) -> int:
     """A 63-bit seed from any values (Python's hash() changes between processes)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
@@ -187,31 +214,24 @@ class Engine:
         if train.train_base:
             params += [p for p in self.backbone.finetune_parameters() if all(p is not q for q in params)]
         val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
-        best: dict[str, Any] = {"psnr": -math.inf, "step": 0, "weights": None}
+        best = BestSoFar()
 
         def weights() -> dict[str, dict[str, torch.Tensor]]:
             out = {"adaptor": adaptor.adaptor_state_dict()}
             if train.train_base:
                 out["model"] = self.backbone.state_dict()
-            if best["weights"] is not None:  # so a resumed run still knows its best so far
-                out["best"] = best["weights"]
-                out["best_meta"] = {"psnr": torch.tensor(best["psnr"]), "step": torch.tensor(best["step"])}
-            return out
+            return best.save_into(out)
 
         def restore(tensors: dict[str, dict[str, torch.Tensor]]) -> None:
             adaptor.load_adaptor_state_dict(tensors["adaptor"])
             if "model" in tensors:
                 self.backbone.load_state_dict(tensors["model"], strict=False)
-            if "best" in tensors:
-                best.update(weights=tensors["best"], psnr=float(tensors["best_meta"]["psnr"]),
-                            step=int(tensors["best_meta"]["step"]))
+            best.load_from(tensors)
 
         def validate(step: int) -> dict[str, float]:
             psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device, cfg.eval.seed)
-            if psnr > best["psnr"]:
-                best.update(psnr=psnr, step=step,
-                            weights={k: v.detach().cpu().clone() for k, v in adaptor.adaptor_state_dict().items()})
-            return {"val_psnr": round(psnr, 4), "best_step": best["step"]}
+            best.offer(psnr, step, adaptor.adaptor_state_dict)
+            return {"val_psnr": round(psnr, 4), "best_step": best.step}
 
         steps = train.adapt_steps
         length = steps * train.grad_accum * train.adapt_batch_size * self.accelerator.num_processes
@@ -221,9 +241,9 @@ class Engine:
                   loss=lambda model, b: model("adaptation_loss", b["lq"], b["hq"], b["roi"]),
                   weights=weights, restore=restore, validate=validate, val_every=train.val_every)
         self._fit(fit)
-        if best["weights"] is not None:
-            adaptor.load_adaptor_state_dict(best["weights"])
-        self.say(f"kept the adaptor of step {best['step']} (validation PSNR {best['psnr']:.2f} dB)")
+        if best.weights is not None:
+            adaptor.load_adaptor_state_dict(best.weights)
+        self.say(f"kept the adaptor of step {best.step} (validation PSNR {best.psnr:.2f} dB)")
         if self.is_main:
             from safetensors.torch import save_file
 
@@ -235,11 +255,11 @@ class Engine:
             if train.train_base:
                 self.backbone.save(adapt_dir / "base")
             write_json(adapt_dir / "adaptor.json", {"adaptor": cfg.adaptor, "options": cfg.adaptor_options,
-                                                    "best_step": best["step"], "val_psnr": best["psnr"],
+                                                    "best_step": best.step, "val_psnr": best.psnr,
                                                     "train_base": train.train_base})
         self.accelerator.wait_for_everyone()
         self.times["adapt"] = round(time.perf_counter() - started, 1)
-        return {"best_step": best["step"], "val_psnr": round(best["psnr"], 4), "pairs": len(train_pairs),
+        return {"best_step": best.step, "val_psnr": round(best.psnr, 4), "pairs": len(train_pairs),
                 "val_crops": len(val_pairs)}
 
     # --- baseline: the same backbone trained from scratch on the pairs ---------------------------------------
@@ -252,32 +272,33 @@ class Engine:
         started = time.perf_counter()
         train_pairs, val_pairs = self.pairs()  # the pairs adapt() gets with the same seed
         val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
-        best: dict[str, Any] = {"psnr": -math.inf, "step": 0, "weights": None}
+        best = BestSoFar()
 
         def validate(step: int) -> dict[str, float]:
             psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device, cfg.eval.seed)
-            if psnr > best["psnr"]:
-                best.update(psnr=psnr, step=step,
-                            weights={k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()})
-            return {"val_psnr": round(psnr, 4), "best_step": best["step"]}
+            best.offer(psnr, step, self.backbone.state_dict)
+            return {"val_psnr": round(psnr, 4), "best_step": best.step}
+
+        def restore(tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+            self.backbone.load_state_dict(tensors["model"])
+            best.load_from(tensors)
 
         length = train.adapt_steps * train.grad_accum * train.adapt_batch_size * self.accelerator.num_processes
         self._fit(Fit(phase="scratch", stage="scratch", params=list(self.backbone.parameters()),
                       dataset=PairCrops(train_pairs, train.image_size, length, stable_seed(cfg.seed, "adapt")),
                       steps=train.adapt_steps, lr=train.adapt_lr, batch_size=train.adapt_batch_size,
                       loss=lambda model, b: model("supervised_loss", b["lq"], b["hq"], b["roi"]),
-                      weights=lambda: {"model": self.backbone.state_dict()},
-                      restore=lambda t: self.backbone.load_state_dict(t["model"]),
+                      weights=lambda: best.save_into({"model": self.backbone.state_dict()}), restore=restore,
                       validate=validate, val_every=train.val_every))
-        if best["weights"] is not None:
-            self.backbone.load_state_dict(best["weights"])
-        self.say(f"kept the scratch model of step {best['step']} (validation PSNR {best['psnr']:.2f} dB)")
+        if best.weights is not None:
+            self.backbone.load_state_dict(best.weights)
+        self.say(f"kept the scratch model of step {best.step} (validation PSNR {best.psnr:.2f} dB)")
         if self.is_main:
             self.backbone.save(self.run_dir / "scratch")
-            write_json(self.run_dir / "scratch" / "scratch.json", {"best_step": best["step"], "val_psnr": best["psnr"]})
+            write_json(self.run_dir / "scratch" / "scratch.json", {"best_step": best.step, "val_psnr": best.psnr})
         self.accelerator.wait_for_everyone()
         self.times["scratch"] = round(time.perf_counter() - started, 1)
-        return {"best_step": best["step"], "val_psnr": round(best["psnr"], 4), "pairs": len(train_pairs),
+        return {"best_step": best.step, "val_psnr": round(best.psnr, 4), "pairs": len(train_pairs),
                 "val_crops": len(val_pairs)}
 
     # --- the loop ----------------------------------------------------------------------------------------------
