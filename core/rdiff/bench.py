@@ -847,8 +847,8 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
         "fast path and the clean image), from random initialisation, with the same steps and batch as adaptation "
         "on the same pairs, keeping the best step by validation PSNR like adaptation does. Its learning rate is "
         "adaptation's (`train.adapt_lr`) unless `--scratch-lr` gives another: a randomly initialised model "
-        "usually wants a higher one, so compare against the best you find. Its sampling paths are scored only for backbones "
-        "whose `supervised_loss` also trains their denoiser.",
+        "usually wants a higher one, so compare against the best you find. Its sampling paths are scored only for "
+        "backbones whose `supervised_loss` also trains their denoiser.",
         "- `clahe` is scikit-image's `equalize_adapthist` with its defaults (tiles of 1/8 of the crop, clip limit "
         "0.01) on the CIELAB lightness (on the image itself for one channel), kept inside the region of interest. "
         "It stretches the lightness over the full range by design (contrast, not fidelity), which PSNR against "
@@ -1130,8 +1130,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     preset=args.preset,
                     pairs_counts=_counts(args.pairs_counts), seeds=args.seeds, crops=args.crops,
                     reconstruct_steps=args.reconstruct_steps, adapt_steps=args.adapt_steps,
-                    batch_size=args.batch_size, scratch_lr=args.scratch_lr, out=args.out, force=args.force, dry_run=args.dry_run,
-                    overrides=overrides)
+                    batch_size=args.batch_size, scratch_lr=args.scratch_lr, out=args.out, force=args.force,
+                    dry_run=args.dry_run, overrides=overrides)
 
 
 def _budget(text: str) -> int | None:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rdiff.images import current_umask, temp_beside
+from rdiff.images import temp_beside, temp_dir_beside
 
 MANIFEST = "manifest.json"
 
@@ -45,9 +44,7 @@ def _swap_into_place(tmp: Path, final: Path, keep_previous: bool) -> None:
 
 def _tmp_dir(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private (0700)
-    return tmp
+    return temp_dir_beside(final)
 
 
 def write_json(path: str | Path, data: Any) -> None:

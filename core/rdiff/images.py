@@ -7,7 +7,8 @@ enhanced image can be written back the way it came in.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -84,17 +85,31 @@ def bit_depth(path: str | Path) -> int:
 
 
 def temp_beside(path: Path, suffix: str = "") -> tuple[int, str]:
-    """A temporary file next to ``path`` for an atomic write (write it, then ``os.replace``), with the
-    permissions a plainly created file would get: ``mkstemp`` alone makes it private (0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.chmod(tmp, 0o666 & ~current_umask())
-    return fd, tmp
+    """A new temporary file next to ``path`` for an atomic write (write it, then ``os.replace``): an open
+    descriptor and its name. It is created as any file is, so the umask sets its permissions (``mkstemp``
+    would make it private, and so would be every file written through it)."""
+    for name in _temp_names(path, suffix):
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to '{path}'")
 
 
-def current_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it, then put it back
-    os.umask(mask)
-    return mask
+def temp_dir_beside(path: Path) -> Path:
+    """A new temporary folder next to ``path``, created as any folder is (``mkdtemp`` would make it private)."""
+    for name in _temp_names(path, ".tmp"):
+        try:
+            os.mkdir(name, 0o777)
+            return name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to '{path}'")
+
+
+def _temp_names(path: Path, suffix: str, tries: int = 100) -> Iterator[Path]:
+    for _ in range(tries):
+        yield path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
 
 
 def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = None, bits: int | None = None) -> Path:
