@@ -88,6 +88,33 @@ def load_items(modality: Modality, data: str | None, split: str, resize: int | N
     return items
 
 
+SPLITS = ("train", "pairs", "test")
+
+
+def split_by_subject(modality: Modality, paths: list[Path], *, test: float = 0.2, pairs: float = 0.15,
+                     salt: str = "rdiff") -> dict[str, list[Path]]:
+    """Split files three ways by subject (:meth:`rdiff.Modality.subject`), never by crops of one image:
+    ``train`` (phase 1, unpaired), ``pairs`` (adaptation) and ``test`` (scoring).
+
+    Subjects are ordered by a hash of their name (with ``salt``), so the split depends on names only —
+    not on file order, sizes or the machine — and the first ``test`` and next ``pairs`` fractions of
+    subjects (at least one each when there are three or more) are held out. Files keep their sorted order.
+    """
+    import hashlib
+
+    subjects = sorted({modality.subject(p) for p in paths},
+                      key=lambda name: hashlib.sha256(f"{salt}:{name}".encode()).hexdigest())
+    count = len(subjects)
+    n_test = max(1, round(test * count)) if count >= 3 else 0
+    n_pairs = max(1, round(pairs * count)) if count >= 3 else 0
+    where = {name: "test" if i < n_test else "pairs" if i < n_test + n_pairs else "train"
+             for i, name in enumerate(subjects)}
+    split: dict[str, list[Path]] = {name: [] for name in SPLITS}
+    for path in sorted(paths):
+        split[where[modality.subject(path)]].append(path)
+    return split
+
+
 def resize_longest(image: np.ndarray, longest: int | None) -> np.ndarray:
     """Downscale (never upscale) so the longest side is ``longest`` px; anti-aliased."""
     if not longest or max(image.shape[:2]) <= longest:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from rdiff.api import create_adaptor, create_backbone, create_modality
 from rdiff.checkpoints import load_checkpoint, save_checkpoint, write_json
-from rdiff.config import RunConfig, to_dict
+from rdiff.config import RunConfig, TrainConfig, to_dict
 from rdiff.data import CleanCrops, PairCrops, degraded_crops, fixed_crops, load_items, load_pair_folder
 from rdiff.errors import TrainingStopped, UserError
 from rdiff.evaluation import evaluate, path_options, validation_psnr
@@ -94,6 +95,16 @@ class BestSoFar:
 def stable_seed(*parts: Any) -> int:
     """A 63-bit seed from any values (Python's hash() changes between processes)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def lr_factor(train: TrainConfig, steps: int, step: int) -> float:
+    """The learning rate's multiplier at ``step`` of a stage of ``steps``: linear warm-up, then constant or
+    a cosine decay to zero."""
+    warmup = max(train.warmup_steps, 0)
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if train.lr_schedule == "cosine" and steps > warmup:
+        factor *= 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / (steps - warmup))))
+    return factor
 
 
 class Engine:
@@ -311,8 +322,7 @@ class Engine:
         assert {id(p) for p in owner.parameters() if p.requires_grad} == trainable, \
             "parameters outside the phase would train"
         optimizer = torch.optim.AdamW(fit.params, lr=fit.lr, weight_decay=0.0)
-        warmup = max(train.warmup_steps, 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, train, fit.steps))
         ema = None
         if train.ema_decay > 0:
             from diffusers.training_utils import EMAModel

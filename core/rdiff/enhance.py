@@ -193,17 +193,23 @@ def _ramp(length: int) -> np.ndarray:
 
 
 def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> _Axis:
+    """Cut one axis into as few tiles of at most ``tile`` px as cover it with ``overlap`` px shared between
+    neighbours, all of one size and spread evenly: a 2048-px side with 1024-px tiles becomes three tiles
+    of 704 px rather than two whole tiles and a third moved back to the border (50 % more pixels)."""
     padded = _round_up(length, multiple)
     if length <= tile:
         return _Axis(length, padded, padded, (0,), (np.ones(padded, np.float32),))
-    size = tile // multiple * multiple
-    stride = max(multiple, (size - overlap) // multiple * multiple)  # overlap rounds up, never down
-    starts = (*range(0, padded - size, stride), padded - size)
+    largest = tile // multiple * multiple
+    overlap = min(_round_up(overlap, multiple), largest - multiple)
+    count = -(-(padded - overlap) // (largest - overlap))
+    # one multiple of slack keeps every overlap ≥ ``overlap`` after the origins snap to the grid
+    size = min(largest, _round_up(-(-(padded + (count - 1) * overlap) // count), multiple) + multiple)
+    spacing = (padded - size) / (count - 1)
+    starts = tuple(sorted({min(padded - size, int(round(i * spacing / multiple)) * multiple) for i in range(count)}))
     windows = []
     for i, start in enumerate(starts):
         window = np.ones(size, np.float32)
-        # Ramp over exactly the span shared with each neighbour (capped at half a tile): the last tile,
-        # moved back to end at the border, shares more with its neighbour and gets a longer, gentler ramp.
+        # ramp over exactly the span shared with each neighbour (capped at half a tile)
         before = starts[i - 1] + size - start if i > 0 else 0
         after = start + size - starts[i + 1] if i + 1 < len(starts) else 0
         before, after = min(before, size // 2), min(after, size // 2)

@@ -46,6 +46,12 @@ class Modality(ABC):
         """Write an image; with ``like`` (the input file) keep its format and bit depth."""
         return images.write_image(path, image, like=like)
 
+    def subject(self, path: str | Path) -> str:
+        """Which patient (or eye, or acquisition) a file belongs to, from its name: files of one subject
+        always fall in the same split, so a model is never scored on a patient it trained on. Default:
+        the file's stem (every file its own subject)."""
+        return Path(path).stem
+
     def read_stack(self, path: str | Path) -> list[np.ndarray]:
         """Read a file that may hold several images (e.g. an OCT volume); default: one image."""
         return [self.read(path)]

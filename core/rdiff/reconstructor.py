@@ -32,6 +32,9 @@ class AdaptationTarget:
     module: nn.Module
     channels: int
     layout: Literal["BCHW", "BLC"] = "BCHW"  # image-shaped features or token sequences
+    # the normalisation an adaptor layer here should use to be as tile-invariant as the block it joins:
+    # "channel" (rdiff.layers.ChannelNorm, no spatial statistics) where the backbone has no GroupNorm
+    norm: Literal["group", "channel"] = "group"
 
 
 class Reconstructor(nn.Module, ABC):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rdiff.errors import UserError
+from rdiff.layers import norm_layer
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 from .base import DetachableAdaptor, check_keys, detached
@@ -26,18 +27,14 @@ from .base import DetachableAdaptor, check_keys, detached
 PAPER_GROUPS = frozenset({"encoder", "denoiser_down", "denoiser_mid"})
 
 
-def group_count(channels: int, wanted: int) -> int:
-    """The largest number of GroupNorm groups not above ``wanted`` that divides ``channels``."""
-    return max(g for g in range(1, max(1, min(wanted, channels)) + 1) if channels % g == 0)
-
-
 class ResidualLayer(nn.Module):
     """``norm → SiLU → proj`` with ``proj`` a 3×3 conv (image features) or a linear map (tokens), C→C."""
 
-    def __init__(self, channels: int, layout: str = "BCHW", norm_groups: int = 32, zero_init: bool = True):
+    def __init__(self, channels: int, layout: str = "BCHW", norm_groups: int = 32, zero_init: bool = True,
+                 norm: str = "group"):
         super().__init__()
         if layout == "BCHW":
-            self.norm: nn.Module = nn.GroupNorm(group_count(channels, norm_groups), channels, eps=1e-6)
+            self.norm: nn.Module = norm_layer(norm, channels, norm_groups)
             self.proj: nn.Module = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         elif layout == "BLC":
             self.norm = nn.LayerNorm(channels, eps=1e-6)
@@ -67,14 +64,17 @@ class ResidualBranches(nn.Module):
     """
 
     def __init__(self, targets: Sequence[AdaptationTarget], *, is_active: Callable[[], bool],
-                 norm_groups: int = 32, zero_init: bool = True):
+                 norm_groups: int = 32, zero_init: bool = True, norm: str = "auto"):
         super().__init__()
         names = [t.name for t in targets]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"adaptation target names must be unique; '{duplicates[0]}' appears twice")
         self.names = names
-        self.layers = nn.ModuleDict({_module_key(t.name): ResidualLayer(t.channels, t.layout, norm_groups, zero_init)
+        # "auto": each layer normalises as the block it joins does (AdaptationTarget.norm), so an adaptor on a
+        # backbone without spatial statistics keeps it tile-invariant
+        self.layers = nn.ModuleDict({_module_key(t.name): ResidualLayer(t.channels, t.layout, norm_groups, zero_init,
+                                                                        t.norm if norm == "auto" else norm)
                                      for t in targets})
         self._is_active = is_active
         self._handles = [t.module.register_forward_hook(self._hook(self.layers[_module_key(t.name)]))
@@ -121,7 +121,8 @@ class ResidualAdaptor(DetachableAdaptor):
             raise UserError(f"adaptor 'residual' with position '{config.position}' finds no res-block in backbone "
                             f"'{backbone.registered_name}' (its adaptation target groups: {', '.join(groups) or 'none'}).")
         self.branches = ResidualBranches(targets, is_active=lambda: self.enabled,
-                                         norm_groups=config.norm_groups, zero_init=config.init == "zero")
+                                         norm_groups=config.norm_groups, zero_init=config.init == "zero",
+                                         norm=config.norm)
 
     @property
     def target_names(self) -> list[str]:

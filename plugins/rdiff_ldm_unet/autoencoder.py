@@ -21,6 +21,7 @@ from torch.func import functional_call
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from rdiff import AdaptationTarget, UserError
+from rdiff.layers import replace_group_norms
 from rdiff_ldm_unet.config import LatentConfig
 
 
@@ -45,9 +46,26 @@ def build_autoencoder(config: LatentConfig, channels: int) -> VQModel | Autoenco
         # autoencoder carries it the way diffusers' pipelines expect
         scaling_factor=config.latent_scale or 0.0,
     )
-    if config.autoencoder == "vq":
-        return VQModel(num_vq_embeddings=config.codebook_size, **shared)
-    return AutoencoderKL(**shared)
+    if config.image_skip and config.autoencoder != "kl":
+        raise UserError("model.image_skip needs model.autoencoder=kl (a codebook would quantise the image itself).")
+    if config.image_skip and config.latent_channels < channels:
+        raise UserError(f"model.image_skip needs model.latent_channels ≥ the image's {channels} channels, "
+                        f"not {config.latent_channels}.")
+    autoencoder = (VQModel(num_vq_embeddings=config.codebook_size, **shared) if config.autoencoder == "vq"
+                   else AutoencoderKL(**shared))
+    if config.norm == "channel":
+        replace_group_norms(autoencoder)
+    if config.image_skip:
+        # Start exactly at the bicubic round trip: the learned latent residual is zero and its variance tiny
+        # (a unit-variance posterior sample would bury the image it is added to), the decoder's residual zero.
+        mean_and_logvar = autoencoder.quant_conv
+        nn.init.zeros_(mean_and_logvar.weight)
+        nn.init.zeros_(mean_and_logvar.bias)
+        mean_and_logvar.bias.data[config.latent_channels:] = -10.0
+        nn.init.zeros_(autoencoder.decoder.conv_out.weight)
+        nn.init.zeros_(autoencoder.decoder.conv_out.bias)
+    autoencoder.image_skip = channels if config.image_skip else 0
+    return autoencoder
 
 
 def downsampling_factor(config: LatentConfig) -> int:
@@ -57,15 +75,32 @@ def downsampling_factor(config: LatentConfig) -> int:
 
 def encode_raw(autoencoder: VQModel | AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Unscaled latents of images in [-1, 1]: the VQ encoder's pre-quantisation output, or the KL
-    posterior's mean (deterministic, so enhancement is too)."""
+    posterior's mean (deterministic, so enhancement is too). With an image skip the downsampled image is
+    added to the first latent channels."""
     if isinstance(autoencoder, VQModel):
         return autoencoder.encode(images).latents
-    return autoencoder.encode(images).latent_dist.mode()
+    latents = autoencoder.encode(images).latent_dist.mode()
+    return _add_image(latents, images, getattr(autoencoder, "image_skip", 0))
 
 
 def decode_raw(autoencoder: VQModel | AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Images in (about) [-1, 1] from unscaled latents (quantised first for VQ)."""
-    return autoencoder.decode(latents).sample
+    """Images in (about) [-1, 1] from unscaled latents (quantised first for VQ); with an image skip the
+    first latent channels, upsampled, are added to the decoder's output."""
+    decoded = autoencoder.decode(latents).sample
+    skip = getattr(autoencoder, "image_skip", 0)
+    if skip:
+        factor = decoded.shape[-1] // latents.shape[-1]
+        decoded = decoded + F.interpolate(latents[:, :skip], scale_factor=factor, mode="bicubic")
+    return decoded
+
+
+def _add_image(latents: torch.Tensor, images: torch.Tensor, skip: int) -> torch.Tensor:
+    if not skip:
+        return latents
+    factor = images.shape[-1] // latents.shape[-1]
+    # antialiased bicubic: a local filter, so tiles of an image downsample exactly as the whole
+    small = F.interpolate(images, scale_factor=1 / factor, mode="bicubic", antialias=True)
+    return torch.cat([latents[:, :skip] + small, latents[:, skip:]], dim=1)
 
 
 def enable_gradient_checkpointing(autoencoder: VQModel | AutoencoderKL) -> None:
@@ -89,10 +124,10 @@ def encoder_resnets(autoencoder: nn.Module) -> list[tuple[str, ResnetBlock2D]]:
             if name.startswith("encoder.") and isinstance(module, ResnetBlock2D)]
 
 
-def encoder_adaptation_targets(autoencoder: nn.Module, prefix: str) -> list[AdaptationTarget]:
+def encoder_adaptation_targets(autoencoder: nn.Module, prefix: str, norm: str = "group") -> list[AdaptationTarget]:
     """The end of every encoder res-block's residual branch (its ``conv2``), group ``encoder``."""
     return [AdaptationTarget(name=f"{prefix}.{name}.conv2", group="encoder", module=block.conv2,
-                             channels=block.conv2.out_channels)
+                             channels=block.conv2.out_channels, norm=norm)
             for name, block in encoder_resnets(autoencoder)]
 
 
@@ -210,7 +245,8 @@ class AutoencoderLoss(nn.Module):
             reconstruction, regulariser = decoded.sample, config.codebook_weight * decoded.commit_loss.mean()
         else:
             posterior = autoencoder.encode(signed).latent_dist
-            reconstruction = decode_raw(autoencoder, posterior.sample())
+            latents = _add_image(posterior.sample(), signed, getattr(autoencoder, "image_skip", 0))
+            reconstruction = decode_raw(autoencoder, latents)
             # KL summed over the latent and divided by the image's elements: the same balance against a
             # per-pixel L1 as latent diffusion's summed losses with kl_weight 1e-6
             regulariser = config.kl_weight * posterior.kl().sum() / clean.numel()

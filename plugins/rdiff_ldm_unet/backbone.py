@@ -47,7 +47,7 @@ class LDMUNet(LatentDiffusion):
     def denoiser_adaptation_targets(self) -> list[AdaptationTarget]:
         """The ``conv2`` of every UNet res-block, grouped by down path, middle block and up path."""
         return [AdaptationTarget(name=f"denoiser.{name}.conv2", group=_UNET_GROUPS[name.split(".")[0]],
-                                 module=block.conv2, channels=block.conv2.out_channels)
+                                 module=block.conv2, channels=block.conv2.out_channels, norm=self.config.norm)
                 for name, block in self.denoiser.named_modules() if isinstance(block, ResnetBlock2D)]
 
     def denoiser_lora_targets(self) -> list[str]:

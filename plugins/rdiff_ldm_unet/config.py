@@ -23,6 +23,8 @@ class LatentConfig:
     latent_channels: int = 3  # channels of the latent image
     codebook_size: int = 32768  # vq only: number of codebook vectors
     norm_groups: int = 32  # GroupNorm groups in every network; must divide every width (one channel per group normalises away each crop's brightness: an illumination prior)
+    norm: Literal["group", "channel"] = "group"  # group: GroupNorm (the paper); channel: every pixel normalised over its channels only, no spatial statistics, so a tiled image enhances exactly as the whole and keeps its own brightness and colour
+    image_skip: bool = False  # kl only: the first latent channels carry the image downsampled (antialiased bicubic) and the decoder adds it back upsampled; the networks learn the residual detail, starting from the bicubic round trip
     latent_scale: float | None = None  # latents are multiplied by this before diffusion; None: 1/std of the first denoiser batch's latents
     # --- noise schedule (phase-1 stage "denoiser") ---
     train_timesteps: int = 1000  # diffusion steps of the training schedule

@@ -142,7 +142,8 @@ class LatentDiffusion(Reconstructor):
 
     # --- phase 2 ---------------------------------------------------------------------------------------------
     def adaptation_targets(self) -> list[AdaptationTarget]:
-        return encoder_adaptation_targets(self.autoencoder, "autoencoder") + self.denoiser_adaptation_targets()
+        return (encoder_adaptation_targets(self.autoencoder, "autoencoder", self.config.norm)
+                + self.denoiser_adaptation_targets())
 
     def adaptation_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Encoder: degraded images must land on the clean image's original latent and clean images stay

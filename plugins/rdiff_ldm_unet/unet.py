@@ -6,6 +6,7 @@ import torch
 from diffusers import UNet2DModel
 
 from rdiff import UserError
+from rdiff.layers import replace_group_norms
 from rdiff_ldm_unet.autoencoder import check_widths
 from rdiff_ldm_unet.config import LDMConfig
 
@@ -18,12 +19,15 @@ def build_unet(config: LDMConfig) -> UNet2DModel:
                         f"has {len(config.unet_channels)} levels; give one true/false per level.")
     down = tuple("AttnDownBlock2D" if attend else "DownBlock2D" for attend in config.unet_attention)
     up = tuple("AttnUpBlock2D" if attend else "UpBlock2D" for attend in reversed(config.unet_attention))
-    return UNet2DModel(
+    unet = UNet2DModel(
         in_channels=2 * config.latent_channels, out_channels=config.latent_channels,
         block_out_channels=tuple(config.unet_channels), down_block_types=down, up_block_types=up,
         layers_per_block=config.unet_layers, attention_head_dim=config.head_dim,
         add_attention=config.unet_mid_attention, norm_num_groups=config.norm_groups,
     )
+    if config.norm == "channel":
+        replace_group_norms(unet)
+    return unet
 
 
 def unet_forward(unet: UNet2DModel, sample: torch.Tensor, timestep: torch.Tensor | float | int,

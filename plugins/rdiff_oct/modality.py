@@ -50,6 +50,12 @@ class Oct(Modality):
             return self.write_stack(path, [image], like=like)
         return write_image(path, image, like=like)
 
+    def subject(self, path: str | Path) -> str:
+        """The patient of a Kermany-style name ``CLASS-PATIENT-N`` (e.g. ``DME-1081406-3`` → ``1081406``), so
+        one patient's B-scans never straddle a split; any other name is its own subject."""
+        parts = Path(path).stem.split("-")
+        return parts[1] if len(parts) == 3 and parts[1].isdigit() else Path(path).stem
+
     def read_stack(self, path: str | Path) -> list[np.ndarray]:
         """Every B-scan of a ``.npy`` file as an ``H×W×1`` float32 image in [0, 1] (other files: one image)."""
         if Path(path).suffix.lower() != ".npy":

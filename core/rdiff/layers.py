@@ -1,0 +1,66 @@
+"""Network layers that backbones and adaptors share: normalisation without spatial statistics.
+
+GroupNorm normalises each image by statistics gathered over its whole extent. That has two costs in an
+enhancement model: a tile of a large photograph is normalised differently from the same pixels seen whole
+(the output depends on how the image was cut, and seams show), and the per-image mean and variance it
+removes are exactly the brightness and colour balance the model is supposed to keep. :class:`ChannelNorm`
+normalises each pixel over its channels only (the "LayerNorm2d" of ConvNeXt), so a fully convolutional
+network built with it computes the same value at a pixel whatever surrounds the receptive field, and a
+tiled image equals the whole one up to the receptive field's reach.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelNorm(nn.Module):
+    """Normalises every pixel of a ``B×C×H×W`` tensor over its ``C`` channels, then a per-channel affine.
+
+    Its parameters are named and shaped like :class:`torch.nn.GroupNorm`'s (``weight``, ``bias`` of size
+    ``C``), so a diffusers model whose GroupNorms were replaced saves and loads with the usual state dicts.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.num_channels, self.eps = num_channels, eps
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # statistics in float32 even under autocast: a variance over few channels is fragile in half precision
+        work = x.float()
+        mean = work.mean(dim=1, keepdim=True)
+        var = work.var(dim=1, keepdim=True, unbiased=False)
+        out = ((work - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        if self.weight is not None:
+            out = out * self.weight[None, :, None, None].to(out.dtype) + self.bias[None, :, None, None].to(out.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}"
+
+
+def replace_group_norms(module: nn.Module) -> int:
+    """Replace every :class:`torch.nn.GroupNorm` inside ``module`` by a :class:`ChannelNorm` of the same
+    width (in place); returns how many were replaced."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, ChannelNorm(child.num_channels, eps=child.eps, affine=child.affine))
+            count += 1
+        else:
+            count += replace_group_norms(child)
+    return count
+
+
+def norm_layer(kind: str, channels: int, groups: int = 32, eps: float = 1e-6) -> nn.Module:
+    """``group``: GroupNorm with the largest group count ≤ ``groups`` dividing ``channels``; ``channel``:
+    :class:`ChannelNorm`."""
+    if kind == "channel":
+        return ChannelNorm(channels, eps=eps)
+    if kind != "group":
+        raise ValueError(f"unknown normalisation {kind!r} (expected 'group' or 'channel')")
+    count = max(g for g in range(1, max(1, min(groups, channels)) + 1) if channels % g == 0)
+    return nn.GroupNorm(count, channels, eps=eps)

@@ -1,0 +1,184 @@
+"""Rebuild a pretrained phase 1 that ships inside rdiff, from a folder of real images.
+
+    python tools/pretrain.py --backbone ldm-unet --modality fundus --data ../shared/data/fundus-idrid
+    python tools/pretrain.py --backbone ldm-unet --modality oct --data ../shared/data/oct-kermany
+
+What it does, in order (each step is skipped when its output exists, so a killed run continues where it
+stopped; the training itself resumes from its last checkpoint):
+
+1. **split** the folder by subject with :func:`rdiff.data.split_by_subject` — the same split ``rdiff bench
+   --data`` uses — and link the ``train`` part into ``OUT/train/``. The ``pairs`` and ``test`` subjects are
+   never seen by phase 1, so the benchmark and the demo score the shipped weights on images they never saw.
+2. **train** ``rdiff reconstruct`` on ``OUT/train/`` (progress bars with ETA; ``--resume`` after a kill).
+3. **measure** the fidelity ceiling: every ``test`` image, whole, at the run's working scale, through the
+   phase-1 model (``D(E(x))``), scored inside the region of interest with the modality's metrics, next to
+   the bicubic round trip through an image of the latent's size.
+4. **export** the phase-1 networks (no optimiser state) with config.yaml, the split and a model card into
+   ``plugins/rdiff_<backbone>/pretrained/<preset>-<modality>/``, where ``rdiff list pretrained`` finds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The training budget of the shipped checkpoints: about 45 minutes of two CPU cores per checkpoint.
+STEPS = {"autoencoder": 3000, "denoiser": 1000}
+
+LICENCES = {
+    "fundus": "IDRiD (Indian Diabetic Retinopathy Image Dataset; Porwal et al., Data 2018), CC BY 4.0",
+    "oct": "Kermany et al., \"Labeled OCT and Chest X-Ray Images\", Mendeley Data (2018), CC BY 4.0",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="ldm-unet")
+    parser.add_argument("--modality", required=True)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--data", required=True, help="folder of real clean images (searched recursively)")
+    parser.add_argument("--out", help="work folder (default runs/pretrain-BACKBONE-PRESET-MODALITY)")
+    parser.add_argument("--steps", nargs="*", default=[], metavar="STAGE=N",
+                        help=f"steps per phase-1 stage (default {' '.join(f'{k}={v}' for k, v in STEPS.items())})")
+    parser.add_argument("--export", default="plugins", help="'plugins' (into the backbone's plugin), a folder, "
+                                                            "or 'no'")
+    args = parser.parse_args(argv)
+
+    import rdiff
+    from rdiff.data import split_by_subject
+    from rdiff.images import list_images
+
+    name = f"{args.preset}-{args.modality}"
+    out = Path(args.out or f"runs/pretrain-{args.backbone}-{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    steps = dict(STEPS, **{k: int(v) for k, v in (item.split("=", 1) for item in args.steps)})
+    modality = rdiff.create_modality(args.modality)
+
+    # 1. split
+    split_file = out / "split.json"
+    if not split_file.is_file():
+        files = list_images(args.data, modality.suffixes)
+        split = split_by_subject(modality, files)
+        train_dir = out / "train"
+        train_dir.mkdir(exist_ok=True)
+        for path in split["train"]:
+            link = train_dir / path.relative_to(args.data)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                os.symlink(path.resolve(), link)
+        split_file.write_text(json.dumps({k: [str(Path(p).relative_to(args.data)) for p in v]
+                                          for k, v in split.items()}, indent=1))
+    split = json.loads(split_file.read_text())
+    print(f"split by subject: {', '.join(f'{len(v)} {k}' for k, v in split.items())}", flush=True)
+
+    # 2. train
+    run_dir = out / "run"
+    command = ["rdiff", "reconstruct", "--backbone", args.backbone, "--modality", args.modality,
+               "--preset", args.preset, "--data", str(out / "train"), "--out", str(run_dir),
+               *[a for stage, n in steps.items() for a in ("--set", f"train.steps.{stage}={n}")]]
+    if (run_dir / "config.yaml").is_file():
+        command.append("--resume")
+    started = time.time()
+    if not (run_dir / "report.json").is_file():
+        print("$", " ".join(command), flush=True)
+        code = subprocess.call(command)
+        if code:
+            return code
+    train_seconds = time.time() - started
+
+    # 3. measure
+    ceiling_file = out / "ceiling.json"
+    if not ceiling_file.is_file():
+        tests = [Path(args.data) / p for p in split["test"]]
+        ceiling = measure_ceiling(rdiff.load_run(run_dir), tests)
+        ceiling["train_seconds"] = round(train_seconds)
+        ceiling_file.write_text(json.dumps(ceiling, indent=1))
+    ceiling = json.loads(ceiling_file.read_text())
+    print(json.dumps(ceiling, indent=1))
+
+    # 4. export
+    if args.export != "no":
+        package = ROOT / "plugins" / f"rdiff_{args.backbone.replace('-', '_')}" / "pretrained"
+        target = (package if args.export == "plugins" else Path(args.export)) / name
+        export(run_dir, target, args=args, steps=steps, split=split, ceiling=ceiling, command=command)
+        print(f"exported to {target}")
+    return 0
+
+
+def measure_ceiling(run, tests: list[Path]) -> dict:
+    """PSNR/SSIM/structure of whole clean test images through the phase-1 model, and of the bicubic round
+    trip through an image of the latent's size, at the run's working scale, inside the roi."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from rdiff.data import resize_longest, to_tensor
+    from rdiff.evaluation import local_metrics
+
+    factor = run.backbone.size_multiple // max(1, getattr(run.backbone, "denoiser_multiple", lambda: 1)())
+    rows = {"phase1": local_metrics(run.modality.metrics()), "bicubic": local_metrics(run.modality.metrics())}
+    for path in tests:
+        for image in run.modality.read_stack(path):
+            image = resize_longest(image, run.config.train.resize)
+            roi = run.modality.roi(image)
+            outputs = {"phase1": run.enhance(image, roi=roi, path="fast")}
+            x = torch.from_numpy(image).permute(2, 0, 1)[None]
+            small = F.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True)
+            outputs["bicubic"] = F.interpolate(small, size=x.shape[-2:], mode="bicubic").clamp(0, 1)[0].permute(1, 2, 0).numpy()
+            for key, out in outputs.items():
+                rows[key].update(to_tensor(np.ascontiguousarray(out))[None], to_tensor(image)[None], to_tensor(roi)[None])
+    return {"images": len(tests), "scale": run.config.train.resize,
+            **{key: {k: round(float(v), 4) for k, v in m.compute().items()} for key, m in rows.items()}}
+
+
+def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command) -> None:
+    """Copy the phase-1 networks (not the resumable checkpoint) and write the model card."""
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "reconstruct").mkdir(parents=True)
+    source = run_dir / "reconstruct"
+    for entry in source.iterdir():
+        if entry.name == "checkpoint":
+            continue
+        (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target / "reconstruct" / entry.name)
+    shutil.copy2(run_dir / "config.yaml", target / "config.yaml")
+    (target / "split.json").write_text(json.dumps(split, indent=1))
+    size = sum(p.stat().st_size for p in target.rglob("*.safetensors"))
+    shown = " ".join(["python", "tools/pretrain.py", "--backbone", args.backbone, "--modality", args.modality,
+                      "--preset", args.preset, "--data", "DIR"])
+    metrics = sorted(ceiling["phase1"])
+    table = "\n".join([f"| | {' | '.join(metrics)} |", "|---" * (len(metrics) + 1) + "|",
+                       *[f"| {label} | {' | '.join(str(ceiling[key][m]) for m in metrics)} |"
+                         for key, label in (("phase1", "phase 1, D(E(x))"), ("bicubic", "bicubic round trip"))]])
+    (target / "MODEL_CARD.md").write_text(f"""# {args.backbone} · {args.preset} · {args.modality}: pretrained phase 1
+
+Phase-1 networks (autoencoder and denoiser) of the `{args.backbone}` backbone at the `{args.preset}` preset,
+trained self-supervised on clean {args.modality} images. Adapt them to a dataset and degradation with
+`rdiff adapt --from pretrained:{args.backbone}.{args.preset}-{args.modality}` (see docs/pretrained.md).
+
+- **Data:** {LICENCES.get(args.modality, args.data)}. {len(split['train'])} training files; the
+  {len(split['pairs'])} `pairs` and {len(split['test'])} `test` files of `split.json` (split by subject with
+  `rdiff.data.split_by_subject`) were never trained on. Attribution as the licence requires: the weights
+  are derived from that dataset.
+- **Reproduce:** `{shown}` (DIR: the dataset's folder), which runs
+  `{' '.join(command[:command.index('--data')])} --data OUT/train ...` with the steps below.
+- **Steps:** {', '.join(f'{k} {v}' for k, v in steps.items())}; trained in {ceiling.get('train_seconds', 0) / 60:.0f} min
+  on two CPU cores.
+- **Size:** {size / 1e6:.1f} MB of safetensors.
+- **Fidelity ceiling** on the {ceiling['images']} held-out `test` files, whole, at the working scale
+  (longest side {ceiling['scale']} px), inside the region of interest:
+
+{table}
+""")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
