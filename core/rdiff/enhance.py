@@ -37,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ _DTYPE_NAMES = {value: name for name, value in DTYPES.items()}
 
 def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray, *, roi: np.ndarray | None = None,
                   path: str = "fast", steps: int = 10, eta: float = 1.0, seed: int = 0, tile: int = 256,
-                  overlap: int = 32, batch: int = 1, device: str | torch.device | None = None,
+                  overlap: int = 96, batch: int = 1, device: str | torch.device | None = None,
                   dtype: str = "float32", preserve_color: bool = False, progress: bool = False) -> np.ndarray:
     """The enhanced ``image`` (``H×W×C`` float32 in [0, 1]), same shape, at its native resolution.
 
@@ -206,10 +206,15 @@ def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> _Axis:
     size = min(largest, _round_up(-(-(padded + (count - 1) * overlap) // count), multiple) + multiple)
     spacing = (padded - size) / (count - 1)
     starts = tuple(sorted({min(padded - size, int(round(i * spacing / multiple)) * multiple) for i in range(count)}))
+    return _Axis(length, padded, size, starts, _windows(starts, size))
+
+
+def _windows(starts: tuple[int, ...], size: int) -> tuple[np.ndarray, ...]:
+    """Blending weights of tiles of ``size`` at ``starts``: a ramp over exactly the span shared with each
+    neighbour (capped at half a tile), flat elsewhere."""
     windows = []
     for i, start in enumerate(starts):
         window = np.ones(size, np.float32)
-        # ramp over exactly the span shared with each neighbour (capped at half a tile)
         before = starts[i - 1] + size - start if i > 0 else 0
         after = start + size - starts[i + 1] if i + 1 < len(starts) else 0
         before, after = min(before, size // 2), min(after, size // 2)
@@ -218,7 +223,42 @@ def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> _Axis:
         if after:
             window[size - after:] = _ramp(after)[::-1]
         windows.append(window)
-    return _Axis(length, padded, size, starts, tuple(windows))
+    return tuple(windows)
+
+
+def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
+                multiple: int = 1) -> torch.Tensor:
+    """``fn(x)`` for a ``B×C×H×W`` tensor computed on overlapping tiles of at most ``tile`` px and blended
+    as :func:`enhance_image` blends image tiles; ``fn`` may change the channels and scale both sides by one
+    factor (an encoder, a decoder). ``H`` and ``W`` must be multiples of ``multiple``.
+
+    For backbones whose networks run in several places per image (encoder, denoiser at every sampling
+    step, decoder): each network is tiled on its own, so an iterative path works on one whole latent and
+    its steps cannot drift apart where tiles overlap (see :meth:`rdiff.Reconstructor.tiles_itself`).
+    """
+    height, width = x.shape[-2:]
+    if height <= tile and width <= tile:
+        return fn(x)
+    rows, cols = _plan_axis(height, tile, overlap, multiple), _plan_axis(width, tile, overlap, multiple)
+    out = weight = None
+    for y in rows.starts:
+        for x0 in cols.starts:
+            piece = fn(x[..., y:y + rows.size, x0:x0 + cols.size])
+            scale = piece.shape[-2] / rows.size
+            if out is None:
+                out = piece.new_zeros((*piece.shape[:2], round(height * scale), round(width * scale)))
+                weight = piece.new_zeros((1, 1, *out.shape[-2:]))
+                size_y, size_x = round(rows.size * scale), round(cols.size * scale)
+                starts_y = tuple(round(v * scale) for v in rows.starts)
+                starts_x = tuple(round(v * scale) for v in cols.starts)
+                win_y = [torch.from_numpy(w).to(piece) for w in _windows(starts_y, size_y)]
+                win_x = [torch.from_numpy(w).to(piece) for w in _windows(starts_x, size_x)]
+            i, j = rows.starts.index(y), cols.starts.index(x0)
+            window = torch.outer(win_y[i], win_x[j])
+            ys, xs = starts_y[i], starts_x[j]
+            out[..., ys:ys + size_y, xs:xs + size_x] += piece * window
+            weight[..., ys:ys + size_y, xs:xs + size_x] += window
+    return out / weight
 
 
 def _cut_tile(image: np.ndarray, y: int, x: int, height: int, width: int) -> np.ndarray:
@@ -246,6 +286,15 @@ def _enhance_tiled(backbone: Reconstructor, image: np.ndarray, roi: np.ndarray, 
     generator = torch.Generator(device=device).manual_seed(seed)  # the sampler's per-step noise
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype != torch.float32
                 else contextlib.nullcontext())
+    if backbone.tiles_itself(path):
+        # one call on the whole (padded) image: the backbone tiles each of its networks itself
+        whole = _cut_tile(image, 0, 0, rows.padded, cols.padded).transpose(2, 0, 1)[None]
+        noise = noise_crop(0, 0, rows.padded, cols.padded)[None].to(device) if noise_crop is not None else None
+        with autocast:
+            out = backbone.enhance(torch.from_numpy(np.ascontiguousarray(whole)).to(device), path=path, steps=steps,
+                                   eta=eta, generator=generator, noise=noise, tile=tile, overlap=overlap)
+        out = out.detach().float().cpu()[0].permute(1, 2, 0).numpy()[:height, :width]
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
 
     total = np.zeros(image.shape, np.float32)
     weight = np.zeros(image.shape[:2], np.float32)
@@ -283,12 +332,14 @@ def _shared_noise(backbone: Reconstructor, path: str, seed: int, rows: _Axis, co
     factor_y, factor_x = rows.padded // field.shape[-2], cols.padded // field.shape[-1]
     _, tile_h, tile_w = backbone.latent_shape(rows.size, cols.size)
 
-    def crop(y: int, x: int) -> torch.Tensor:
+    def crop(y: int, x: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
         if y % factor_y or x % factor_x:
             raise RuntimeError(f"tile origin ({y}, {x}) does not fall on the latent grid of "
                                f"'{backbone.registered_name}' (size_multiple must be a multiple of its "
                                f"latent downsampling {factor_y}×{factor_x}).")
-        return field[:, y // factor_y:y // factor_y + tile_h, x // factor_x:x // factor_x + tile_w]
+        h = height // factor_y if height else tile_h
+        w = width // factor_x if width else tile_w
+        return field[:, y // factor_y:y // factor_y + h, x // factor_x:x // factor_x + w]
 
     return crop
 
@@ -430,7 +481,7 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     their names relative to the folder they were found in, their format and bit depth; ``suffix`` is
     appended to each stem (``a.png`` → ``a_enh.png`` with ``suffix="_enh"``). ``compare`` also writes
     ``<stem>_compare.png``: input and enhanced side by side (the middle slice of a volume).
-    Defaults: the run's path, steps, eta and tile, ``overlap = tile // 8``, and the GPU when there is one
+    Defaults: the run's path, steps, eta and tile, the run's overlap (96 px), and the GPU when there is one
     (else wherever the backbone is); the backbone is moved there once for all files and moved back after.
 
     A file that cannot be read or written is reported by name and skipped. Returns the exit code: 0 when
@@ -442,7 +493,7 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     backbone, modality = run.backbone, run.modality
     path = run.default_path if path is None else path
     tile = int(run.tile) if tile is None else tile
-    overlap = tile // 8 if overlap is None else overlap
+    overlap = int(getattr(run, "overlap", 96)) if overlap is None else overlap
     steps = int(getattr(run, "default_steps", 10)) if steps is None else steps
     if eta is None:
         eta = float(run.config.eval.eta) if hasattr(getattr(run, "config", None), "eval") else 1.0

@@ -29,13 +29,15 @@ class ChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` is ``B×C×...`` (images ``B×C×H×W``, or ``B×C×L`` as diffusers' attention hands its norm)."""
         # statistics in float32 even under autocast: a variance over few channels is fragile in half precision
         work = x.float()
         mean = work.mean(dim=1, keepdim=True)
         var = work.var(dim=1, keepdim=True, unbiased=False)
         out = ((work - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
         if self.weight is not None:
-            out = out * self.weight[None, :, None, None].to(out.dtype) + self.bias[None, :, None, None].to(out.dtype)
+            shape = (1, self.num_channels, *([1] * (x.dim() - 2)))
+            out = out * self.weight.view(shape).to(out.dtype) + self.bias.view(shape).to(out.dtype)
         return out
 
     def extra_repr(self) -> str:

@@ -123,6 +123,13 @@ class Reconstructor(nn.Module, ABC):
         """Enhancement paths: ``fast`` (one forward pass) always, ``sample`` for diffusion backbones."""
         return ("fast", "sample") if "sampling" in self.capabilities else ("fast",)
 
+    def tiles_itself(self, path: str) -> bool:
+        """Whether ``enhance(path=...)`` takes the whole image and cuts its networks' work into tiles itself
+        (keywords ``tile`` and ``overlap``; :func:`rdiff.enhance.tiled_apply` does the cutting and blending).
+        Iterative paths need it: separately sampled tiles would drift apart where they overlap. Default:
+        no — the image is cut into tiles and each is enhanced on its own."""
+        return False
+
     @abstractmethod
     def enhance(self, lq: torch.Tensor, *, path: str = "fast", steps: int = 10, eta: float = 1.0,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:

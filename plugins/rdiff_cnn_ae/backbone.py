@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rdiff.layers import replace_group_norms
 from rdiff.errors import UserError
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
@@ -81,6 +82,8 @@ class CNNAE(Reconstructor):
             in_channels=channels, out_channels=channels, block_out_channels=tuple(widths),
             layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
             norm_num_groups=config.norm_groups, timm_encoder=config.timm_encoder)
+        if config.norm == "channel":
+            replace_group_norms(self.autoencoder)
         self.size_multiple = self.autoencoder.downsample_factor
 
     # --- the latent protocol -------------------------------------------------------------------------------
@@ -127,7 +130,8 @@ class CNNAE(Reconstructor):
             if end is not None:
                 attribute, channels = end
                 targets.append(AdaptationTarget(name=f"autoencoder.encoder.{name}.{attribute}", group="encoder",
-                                                module=getattr(block, attribute), channels=channels))
+                                                module=getattr(block, attribute), channels=channels,
+                                                norm=self.config.norm))
         return targets
 
     def lora_target_modules(self) -> dict[str, list[str]]:

@@ -74,6 +74,11 @@ class LDMDiT(LatentDiffusion):
     def predict(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         return dit_forward(self.denoiser, sample, timestep)
 
+    def denoiser_tile(self) -> int:
+        """Attention spans the whole token grid, so the transformer always sees latent windows of the size
+        it was trained on, whatever tile the caller asks for."""
+        return self.config.latent_size
+
     def denoiser_adaptation_targets(self) -> list[AdaptationTarget]:
         """The feed-forward output of every transformer block (its last residual branch, before the
         adaLN gate), as token sequences. The first half of the blocks plays the UNet's down path

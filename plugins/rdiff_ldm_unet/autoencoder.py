@@ -56,12 +56,15 @@ def build_autoencoder(config: LatentConfig, channels: int) -> VQModel | Autoenco
     if config.norm == "channel":
         replace_group_norms(autoencoder)
     if config.image_skip:
-        # Start exactly at the bicubic round trip: the learned latent residual is zero and its variance tiny
-        # (a unit-variance posterior sample would bury the image it is added to), the decoder's residual zero.
+        # Start at the bicubic round trip: the decoder's residual is zero, the learned latent residual small
+        # (not zero, or no gradient would reach the encoder — nor an adaptor in it — before the decoder had
+        # moved) and its variance tiny (a unit-variance posterior sample would bury the image).
         mean_and_logvar = autoencoder.quant_conv
-        nn.init.zeros_(mean_and_logvar.weight)
-        nn.init.zeros_(mean_and_logvar.bias)
-        mean_and_logvar.bias.data[config.latent_channels:] = -10.0
+        with torch.no_grad():
+            mean_and_logvar.weight[:config.latent_channels] *= 0.1
+            mean_and_logvar.weight[config.latent_channels:] = 0.0
+            mean_and_logvar.bias[:config.latent_channels] = 0.0
+            mean_and_logvar.bias[config.latent_channels:] = -10.0
         nn.init.zeros_(autoencoder.decoder.conv_out.weight)
         nn.init.zeros_(autoencoder.decoder.conv_out.bias)
     autoencoder.image_skip = channels if config.image_skip else 0

@@ -176,20 +176,44 @@ class LatentDiffusion(Reconstructor):
         """``--train-base`` fine-tunes the whole denoiser, as the paper's released code did."""
         return list(self.denoiser.parameters())
 
-    # --- enhancement -----------------------------------------------------------------------------------------
+    # --- enhancement ---------------------------------------------------------------------------------------
+    def tiles_itself(self, path: str) -> bool:
+        """Sampling works on the whole latent (tiling each network separately), so its steps agree across
+        tile borders; the one-shot ``fast`` path is cut into image tiles by the caller."""
+        return path != "fast"
+
+    def denoiser_tile(self) -> int | None:
+        """The latent tile side the denoiser must see (None: any, e.g. a convolutional UNet)."""
+        return None
+
     @torch.no_grad()
     def enhance(self, lq: torch.Tensor, *, path: str = "fast", steps: int = 10, eta: float = 1.0,
-                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``fast``: ``D(E'(lq))``; ``sample``: DDIM with ``steps`` steps from noise, conditioned on ``E'(lq)``."""
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                tile: int | None = None, overlap: int = 32) -> torch.Tensor:
+        """``fast``: ``D(E'(lq))``; ``sample``: DDIM with ``steps`` steps from noise, conditioned on ``E'(lq)``.
+        With ``tile``, encoder, denoiser (at every step) and decoder each run on overlapping tiles of at most
+        ``tile`` image pixels (:func:`rdiff.enhance.tiled_apply`): memory bounded by the tile, one latent."""
+        from rdiff.enhance import tiled_apply
+
         if path not in self.paths():
             raise UserError(f"enhancement path '{path}' is not one of {', '.join(self.paths())}.")
         height, width = lq.shape[-2:]
         if height % self.size_multiple or width % self.size_multiple:
             raise ValueError(f"image sides must be multiples of {self.size_multiple}, got {height}×{width}")
-        condition = self.encode(lq)
-        latents = condition if path == "fast" else self.sample(condition, steps=steps, eta=eta,
-                                                               generator=generator, noise=noise)
-        return self.decode(latents).clamp(0, 1)
+        factor = downsampling_factor(self.config)
+        big = tile or max(height, width)
+        latent_tile, latent_overlap = big // factor, overlap // factor
+        latent_multiple = self.size_multiple // factor
+        condition = tiled_apply(self.encode, lq, big, overlap, self.size_multiple)
+        if path == "fast":
+            latents = condition
+        else:
+            denoiser_tile = self.denoiser_tile() or latent_tile
+            # the denoiser's reach is wider than the autoencoder's and every step's difference is amplified
+            # by the next: a quarter of the tile overlaps
+            latents = self.sample(condition, steps=steps, eta=eta, generator=generator, noise=noise,
+                                  tile=(denoiser_tile, max(latent_overlap, denoiser_tile // 4), latent_multiple))
+        return tiled_apply(self.decode, latents, latent_tile, latent_overlap, latent_multiple).clamp(0, 1)
 
     def ddim_scheduler(self) -> DDIMScheduler:
         """DDIM on the training schedule, with the CompVis sampler's conventions (timesteps 1, 1+k, ...;
@@ -198,8 +222,13 @@ class LatentDiffusion(Reconstructor):
                                          steps_offset=1, timestep_spacing="leading")
 
     def sample(self, condition: torch.Tensor, *, steps: int, eta: float = 1.0,
-               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Scaled latents sampled by DDIM given the condition latents."""
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+               tile: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """Scaled latents sampled by DDIM given the condition latents; ``tile`` = (side, overlap, multiple)
+        runs the denoiser on overlapping latent tiles at every step (the scheduler steps the whole latent, so
+        its per-step noise is one field whatever the tiling)."""
+        from rdiff.enhance import tiled_apply
+
         scheduler = self.ddim_scheduler()
         scheduler.set_timesteps(steps, device=condition.device)
         if noise is None:
@@ -211,7 +240,11 @@ class LatentDiffusion(Reconstructor):
         latents = noise.to(condition) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             timesteps = t.expand(condition.shape[0]).to(condition.device)
-            prediction = self.predict(torch.cat([latents, condition], dim=1), timesteps)
+            joined = torch.cat([latents, condition], dim=1)
+            if tile is None:
+                prediction = self.predict(joined, timesteps)
+            else:
+                prediction = tiled_apply(lambda part: self.predict(part, timesteps), joined, *tile)
             latents = scheduler.step(prediction, t, latents, eta=eta, generator=generator).prev_sample
         return latents
 

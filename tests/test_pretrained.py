@@ -1,0 +1,108 @@
+"""Shipped phase-1 weights: listed, loadable the timm way, refused clearly when they do not fit, inside the
+wheel, and good enough on an image they never saw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rdiff
+from rdiff.pretrained import get_pretrained, list_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = {"ldm-unet.tiny-fundus", "ldm-unet.tiny-oct"}
+# D(E(x)) of an image none of them trained on (the embedded samples), at the working scale, inside the roi
+FLOOR_DB = {"fundus": 30.0, "oct": 28.0}
+
+
+def rdiff_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rdiff", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_every_shipped_checkpoint_is_listed_with_its_card_and_the_total_stays_small():
+    listed = {p.name: p for p in list_pretrained()}
+    assert SHIPPED <= set(listed)
+    for name in SHIPPED:
+        checkpoint = listed[name]
+        assert (checkpoint.directory / "MODEL_CARD.md").is_file()
+        card = (checkpoint.directory / "MODEL_CARD.md").read_text()
+        assert "CC BY 4.0" in card and "tools/pretrain.py" in card
+        assert checkpoint.ceiling["phase1"]["psnr"] >= 30.0  # measured on held-out images when it was made
+    assert sum(listed[n].size_bytes for n in SHIPPED) <= 30e6
+
+
+def test_list_pretrained_json_names_backbone_preset_modality_size_and_ceiling():
+    result = rdiff_cli("list", "pretrained", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    row = rows["ldm-unet.tiny-fundus"]
+    assert (row["backbone"], row["preset"], row["modality"]) == ("ldm-unet", "tiny", "fundus")
+    assert 0 < row["size_mb"] < 30 and row["ceiling"]["psnr"] >= 30.0
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_weights_reconstruct_an_image_they_never_saw(name):
+    checkpoint = get_pretrained(name)
+    modality = rdiff.create_modality(checkpoint.modality)
+    backbone = rdiff.create_backbone(checkpoint.backbone, preset=checkpoint.preset, channels=modality.channels,
+                                     pretrained=checkpoint.modality)
+    from rdiff.data import resize_longest
+    from rdiff.enhance import enhance_image
+
+    image = resize_longest(modality.sample_images("heldout")[0], checkpoint.config["train"]["resize"])
+    roi = modality.roi(image)
+    out = enhance_image(backbone, modality, image, roi=roi, path="fast", tile=1024)
+    mse = float(np.mean((out - image)[roi] ** 2))
+    assert 10 * np.log10(1 / mse) >= FLOOR_DB[checkpoint.modality]
+
+
+def test_the_spellings_of_pretrained_agree():
+    by_modality = rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus")
+    by_name = rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="ldm-unet.tiny-fundus")
+    for a, b in zip(by_modality.state_dict().values(), by_name.state_dict().values()):
+        assert torch.equal(a, b)
+    untrained = rdiff.create_backbone("ldm-unet", preset="tiny")
+    assert not all(torch.equal(a, b) for a, b in zip(untrained.state_dict().values(), by_name.state_dict().values()))
+
+
+def test_pretrained_that_cannot_be_meant_is_one_clear_sentence():
+    with pytest.raises(rdiff.UserError, match="ambiguous.*pretrained='fundus'"):
+        rdiff.create_backbone("ldm-unet", preset="tiny", pretrained=True)
+    with pytest.raises(rdiff.UserError, match="no pretrained weights 'ldm-unet.tiny-retina'.*shipped"):
+        rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="retina")
+    with pytest.raises(rdiff.UserError, match="trained with model.latent_channels=6, not 8"):
+        rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus", latent_channels=8)
+
+
+def test_adapt_from_pretrained_on_the_command_line(tmp_path):
+    out = tmp_path / "adapted"
+    result = rdiff_cli("adapt", "--from", "pretrained:ldm-unet.tiny-fundus", "--out", str(out),
+                       "--set", "train.adapt_steps=2", "--set", "eval.crops=2", "--set", "eval.sample_steps=[1]")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval"]["enhanced"]["psnr"] > 0
+    assert rdiff.load_run(out).adapted
+    missing = rdiff_cli("adapt", "--from", "pretrained:ldm-unet.tiny-nothing", "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "no pretrained weights" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_wheel_carries_every_shipped_checkpoint(tmp_path):
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(tmp_path.glob("rdiff-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for checkpoint in list_pretrained():
+        if checkpoint.name not in SHIPPED:
+            continue
+        package_root = checkpoint.directory.parents[2]  # .../plugins/<package>/pretrained/<name>
+        for path in checkpoint.directory.rglob("*"):
+            if path.is_file():
+                assert path.relative_to(package_root).as_posix() in names, f"{path} is not in the wheel"
