@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 import rdiff
-from rdiff.cli import format_eval_table, resolve_config
+from rdiff.cli import format_eval_table
+from rdiff.registry import resolve_config
 from rdiff.engine import run
 
 # A short schedule that still shows both phases at work (the tiny preset trains ~10x longer).

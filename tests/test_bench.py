@@ -11,7 +11,7 @@ import pytest
 
 import rdiff
 from rdiff import hookimpl
-from rdiff.bench import add_parser, make_row, mean_std, summarise
+from rdiff_bench.bench import add_parser, make_row, mean_std, summarise
 
 REQUIRED = {"backbone", "modality", "adaptor", "preset", "method", "path", "psnr", "ssim", "trainable_params",
             "total_params", "steps", "time_s", "seeds"}
@@ -156,7 +156,7 @@ def test_bad_flags_are_user_errors(toy):
 
 def test_preset_budget_keeps_the_presets_own_steps(toy):
     # `--reconstruct-steps preset` etc. run the preset's full schedule (the comparison that means most)
-    from rdiff.bench import plan, settings_from_args
+    from rdiff_bench.bench import plan, settings_from_args
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -175,7 +175,7 @@ def test_preset_budget_keeps_the_presets_own_steps(toy):
 
 def test_scratch_lr_changes_only_the_from_scratch_runs(toy):
     # the baseline gets its own learning rate; adaptation, phase 1 and the cache keys of both stay as they were
-    from rdiff.bench import plan, settings_from_args
+    from rdiff_bench.bench import plan, settings_from_args
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -193,7 +193,7 @@ def test_scratch_lr_changes_only_the_from_scratch_runs(toy):
 def test_clahe_keeps_the_input_outside_the_roi_and_its_shape():
     import numpy as np
 
-    from rdiff.bench import clahe
+    from rdiff_bench.bench import clahe
 
     rng = np.random.default_rng(0)
     image = (rng.random((32, 32, 3)) * 0.4).astype(np.float32)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rdiff
-from rdiff.cli import resolve_config
+from rdiff.registry import resolve_config
 from rdiff.engine import run
 
 

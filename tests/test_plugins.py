@@ -130,7 +130,7 @@ def test_help_and_plugins_import_no_torch():
 def test_hooks_are_called_with_keywords_and_observers_fire(toy, tmp_path, monkeypatch):
     """An observer plugin sees steps, checkpoints and the finished report."""
     from rdiff import hookimpl, plugins
-    from rdiff.cli import resolve_config
+    from rdiff.registry import resolve_config
     from rdiff.engine import run
 
     seen: list[tuple] = []

@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from rdiff.errors import UserError
 from rdiff.reconstructor import Reconstructor
 
 
@@ -21,19 +20,16 @@ class Adaptor(nn.Module, ABC):
     behave exactly as the original (that is how phase 2 computes the frozen encoder's latents).
     """
 
-    requires: ClassVar[frozenset[str]] = frozenset()  # backbone capabilities this adaptor needs
     name: ClassVar[str] = "adaptor"
 
     def __init__(self, config: Any, backbone: Reconstructor):
+        # the backbone capabilities an adaptor needs are declared at registration (``requires``) and
+        # checked once, by rdiff.registry.create_adaptor, before this is called
         super().__init__()
-        missing = sorted(set(self.requires) - set(backbone.capabilities))
-        if missing:
-            raise UserError(f"adaptor '{self.name}' needs a backbone with {', '.join(missing)}, which "
-                            f"'{type(backbone).__name__}' does not offer.")
         self.config = config
         self.enabled = True
         object.__setattr__(self, "backbone", backbone)  # not a submodule: the base saves on its own
-        object.__setattr__(backbone, "adaptor", self)
+        backbone.attach(self)
 
     @contextmanager
     def disabled(self) -> Iterator[None]:

@@ -40,31 +40,6 @@ def _add_common_config_flags(p: argparse.ArgumentParser) -> None:
                    help="override one configuration key, e.g. --set train.adapt_steps=100 (repeatable)")
 
 
-def resolve_config(layers: list[dict[str, Any]]) -> Any:
-    """Merge configuration layers onto the chosen backbone's preset and check every key.
-
-    The plugin sections (model, adaptor_options, modality_options) are validated against the dataclass
-    each plugin registered and stored fully resolved, so config.yaml says everything that was used."""
-    from rdiff.api import get_preset
-    from rdiff.config import RunConfig, build, merge, to_dict
-    from rdiff.plugins import plugins
-
-    top: dict[str, Any] = {}
-    for layer in layers:
-        top = merge(top, layer)
-    chosen = build(RunConfig, {k: v for k, v in top.items() if k in ("backbone", "preset")})
-    config = build(RunConfig, merge(get_preset(chosen.backbone, chosen.preset), top))
-    for kind, name, section in (("backbone", config.backbone, "model"), ("adaptor", config.adaptor, "adaptor_options"),
-                                ("modality", config.modality, "modality_options")):
-        entry = plugins().get(kind, name)
-        values = getattr(config, section)
-        if entry.config is not None:
-            setattr(config, section, to_dict(build(entry.config, values, section)))
-        elif values:
-            raise UserError(f"{kind} '{name}' takes no options, got '{section}.{next(iter(values))}'.")
-    return config
-
-
 def _flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
@@ -90,6 +65,7 @@ def _load_yaml_layer(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")) -> int:
     from rdiff.config import RunConfig, build, load_yaml, parse_set
     from rdiff.engine import run
+    from rdiff.registry import resolve_config
 
     out = Path(args.out) if args.out else None
     if args.resume:
@@ -119,6 +95,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from rdiff.config import RunConfig, build, load_yaml, merge, parse_set, to_dict
     from rdiff.engine import run
+    from rdiff.registry import resolve_config
 
     source = Path(args.source)
     if not (source / "config.yaml").is_file():
@@ -145,21 +122,21 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from rdiff.api import load_run
     from rdiff.enhance import enhance_files
+    from rdiff.run import Run
 
-    run = load_run(args.run)
+    run = Run.load(args.run)
     return enhance_files(run, args.inputs, args.out, path=args.path, steps=args.steps, eta=args.eta, seed=args.seed,
                          tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
                          dtype=args.dtype, preserve_color=args.preserve_color, compare=args.compare)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rdiff.api import load_run
+    from rdiff.run import Run
 
     if args.data and args.pairs:
         raise UserError("give --data or --pairs, not both.")
-    run = load_run(args.run)
+    run = Run.load(args.run)
     result = run.evaluate(data=args.data, pairs=args.pairs, crops=args.crops,
                           paths=args.paths.split(",") if args.paths else None)
     if args.json:
@@ -170,7 +147,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    from rdiff.api import create_modality
+    from rdiff.registry import create_modality
     from rdiff.config import parse_set
     from rdiff.degrade import degrade_files
 
@@ -224,7 +201,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:
     """Trainable vs total parameters of ``adaptor`` on every compatible backbone's tiny preset."""
-    from rdiff.api import create_adaptor, create_backbone, list_backbones
+    from rdiff.registry import create_adaptor, create_backbone, list_backbones
     from rdiff.plugins import plugins
 
     out = {}
@@ -279,8 +256,6 @@ def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rdiff.plugins import plugins
-    from rdiff.bench import add_parser as add_bench_parser
-    from rdiff.scaffold import add_parser as add_new_plugin_parser
 
     parser = argparse.ArgumentParser(
         prog="rdiff", description="Enhance medical images by reconstruction, then adaptation.",
@@ -353,9 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
     p.set_defaults(handler=cmd_list)
 
-    add_new_plugin_parser(sub)
-    add_bench_parser(sub)
-
+    # every other command comes from a plugin: the built-in `bench` and `scaffold` plugins add `rdiff bench`
+    # and `rdiff new-plugin` exactly as a third-party plugin adds its own
     hook = plugins().pm.hook
     hook.rdiff_register_commands(subparsers=sub)
     for name, sp in sub.choices.items():

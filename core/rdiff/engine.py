@@ -1,6 +1,6 @@
 """The two-phase engine: phase 1 ``reconstruct`` on unpaired images, phase 2 ``adapt`` on pairs.
 
-One model-agnostic loop (:meth:`Engine._fit`) trains whatever parameters a phase names, with the loss the
+One model-agnostic loop (:meth:`Engine.fit`) trains whatever parameters a phase names, with the loss the
 backbone defines. It runs on accelerate, so ``accelerate launch`` or ``torchrun`` spreads the same command
 over many GPUs or nodes (data sharded per process, gradients all-reduced, only the main process writes).
 
@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rdiff.api import create_adaptor, create_backbone, create_modality
+from rdiff.registry import create_adaptor, create_components
 from rdiff.checkpoints import load_checkpoint, save_checkpoint, write_json
 from rdiff.config import RunConfig, to_dict
 from rdiff.data import CleanCrops, PairCrops, degraded_crops, fixed_crops, load_items, load_pair_folder
@@ -108,8 +108,7 @@ class Engine:
             gradient_accumulation_steps=train.grad_accum,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train.find_unused_parameters)])
         torch.manual_seed(config.seed)
-        self.modality = create_modality(config.modality, **config.modality_options)
-        self.backbone = create_backbone(config.backbone, preset=None, channels=self.modality.channels, **config.model)
+        self.modality, self.backbone = create_components(config)
         if train.gradient_checkpointing and hasattr(self.backbone, "enable_gradient_checkpointing"):
             self.backbone.enable_gradient_checkpointing()
         self.backbone.to(self.device)
@@ -165,7 +164,7 @@ class Engine:
             length = steps * train.grad_accum * train.batch_size * world
             degraded = self.modality if self.backbone.needs_degraded(stage) else None
             dataset = CleanCrops(items, train.image_size, length, stable_seed(cfg.seed, "reconstruct", stage), degraded)
-            self._fit(Fit(
+            self.fit(Fit(
                 phase="reconstruct", stage=stage, params=self.backbone.stage_parameters(stage), dataset=dataset,
                 steps=steps, lr=train.lr, batch_size=train.batch_size,
                 loss=lambda model, b, s=stage: model("reconstruction_loss", s, b["clean"], b["roi"], b.get("degraded")),
@@ -240,7 +239,7 @@ class Engine:
                   batch_size=train.adapt_batch_size,
                   loss=lambda model, b: model("adaptation_loss", b["lq"], b["hq"], b["roi"]),
                   weights=weights, restore=restore, validate=validate, val_every=train.val_every)
-        self._fit(fit)
+        self.fit(fit)
         if best.weights is not None:
             adaptor.load_adaptor_state_dict(best.weights)
         self.say(f"kept the adaptor of step {best.step} (validation PSNR {best.psnr:.2f} dB)")
@@ -262,47 +261,8 @@ class Engine:
         return {"best_step": best.step, "val_psnr": round(best.psnr, 4), "pairs": len(train_pairs),
                 "val_crops": len(val_pairs)}
 
-    # --- baseline: the same backbone trained from scratch on the pairs ---------------------------------------
-    def scratch(self) -> dict[str, Any]:
-        """The from-scratch baseline of phase 2: every parameter of this backbone (random initialisation:
-        no phase 1 loaded) trains on the same pairs with its ``supervised_loss`` and the phase-2 budget
-        (``train.adapt_steps``, ``train.adapt_lr``); the best by validation PSNR is kept and saved to
-        ``scratch/``. Metrics are logged under the phase ``scratch``."""
-        cfg, train = self.config, self.config.train
-        started = time.perf_counter()
-        train_pairs, val_pairs = self.pairs()  # the pairs adapt() gets with the same seed
-        val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
-        best = BestSoFar()
-
-        def validate(step: int) -> dict[str, float]:
-            psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device, cfg.eval.seed)
-            best.offer(psnr, step, self.backbone.state_dict)
-            return {"val_psnr": round(psnr, 4), "best_step": best.step}
-
-        def restore(tensors: dict[str, dict[str, torch.Tensor]]) -> None:
-            self.backbone.load_state_dict(tensors["model"])
-            best.load_from(tensors)
-
-        length = train.adapt_steps * train.grad_accum * train.adapt_batch_size * self.accelerator.num_processes
-        self._fit(Fit(phase="scratch", stage="scratch", params=list(self.backbone.parameters()),
-                      dataset=PairCrops(train_pairs, train.image_size, length, stable_seed(cfg.seed, "adapt")),
-                      steps=train.adapt_steps, lr=train.adapt_lr, batch_size=train.adapt_batch_size,
-                      loss=lambda model, b: model("supervised_loss", b["lq"], b["hq"], b["roi"]),
-                      weights=lambda: best.save_into({"model": self.backbone.state_dict()}), restore=restore,
-                      validate=validate, val_every=train.val_every))
-        if best.weights is not None:
-            self.backbone.load_state_dict(best.weights)
-        self.say(f"kept the scratch model of step {best.step} (validation PSNR {best.psnr:.2f} dB)")
-        if self.is_main:
-            self.backbone.save(self.run_dir / "scratch")
-            write_json(self.run_dir / "scratch" / "scratch.json", {"best_step": best.step, "val_psnr": best.psnr})
-        self.accelerator.wait_for_everyone()
-        self.times["scratch"] = round(time.perf_counter() - started, 1)
-        return {"best_step": best.step, "val_psnr": round(best.psnr, 4), "pairs": len(train_pairs),
-                "val_crops": len(val_pairs)}
-
     # --- the loop ----------------------------------------------------------------------------------------------
-    def _fit(self, fit: Fit) -> dict[str, Any]:
+    def fit(self, fit: Fit) -> dict[str, Any]:
         acc, train, cfg = self.accelerator, self.config.train, self.config
         trainable = {id(p) for p in fit.params}
         owner = TrainingModule(self.backbone, self.backbone.adaptor)

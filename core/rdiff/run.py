@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rdiff.api import create_adaptor, create_backbone, create_modality
+from rdiff.registry import create_adaptor, create_components
 from rdiff.config import RunConfig, build, load_yaml
 from rdiff.errors import UserError
 
@@ -49,8 +49,7 @@ class Run:
         if not config_file.is_file():
             raise UserError(f"'{directory}' is not an rdiff run directory (it has no config.yaml).")
         config = build(RunConfig, load_yaml(config_file))
-        modality = create_modality(config.modality, **config.modality_options)
-        backbone = create_backbone(config.backbone, preset=None, channels=modality.channels, **config.model)
+        modality, backbone = create_components(config)
         source = Path(config.reconstruct_from) if config.reconstruct_from else directory
         stages_file = source / "reconstruct" / "stages.json"
         done = json.loads(stages_file.read_text())["done"] if stages_file.is_file() else []

@@ -110,7 +110,6 @@ class ControlNetAdaptor(DetachableAdaptor):
     """A ControlNet side copy of the denoiser's down path (plus residual layers in the encoder, E')."""
 
     name = "controlnet"
-    requires = frozenset({"down_residuals"})
 
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         self.control = ControlBranch(backbone.control_unet())

@@ -61,7 +61,6 @@ class LoRAAdaptor(DetachableAdaptor):
     """peft LoRA on the modules named by the backbone's ``lora_target_modules()`` (see the module docstring)."""
 
     name = "lora"
-    requires = frozenset({"lora_targets"})
 
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         from peft import LoraConfig, inject_adapter_in_model

@@ -110,7 +110,6 @@ class ResidualAdaptor(DetachableAdaptor):
     """The paper's enhancement adaptor (see the module docstring); ``requires`` nothing."""
 
     name = "residual"
-    requires = frozenset()
 
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         offered = backbone.adaptation_targets()
