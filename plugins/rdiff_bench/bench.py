@@ -324,15 +324,12 @@ class Bench:
     # -- held-out data ------------------------------------------------------------------------------------
     def heldout(self, config: Any, modality: Any) -> list:
         """The fixed held-out crops of a configuration, exactly as Engine.evaluate makes them."""
-        from rdiff.data import degraded_crops, load_items
+        from rdiff.evaluation import heldout_pairs
 
         key = json.dumps([config.modality, config.modality_options, config.data, config.train.resize,
                           config.train.image_size, config.eval.crops, config.eval.seed], sort_keys=True, default=str)
         if key not in self._heldout:
-            items = load_items(modality, config.data, "heldout", config.train.resize, config.train.image_size,
-                               config.train.bad_images)
-            self._heldout[key] = degraded_crops(modality, items, config.train.image_size, config.eval.crops,
-                                                config.eval.seed)
+            self._heldout[key] = heldout_pairs(modality, config)
         return self._heldout[key]
 
     # -- the four kinds of unit ---------------------------------------------------------------------------
@@ -356,16 +353,20 @@ class Bench:
         return {"scores": scores, "crops": len(pairs), "time_s": round(time.perf_counter() - started, 2)}
 
     def _reconstruct(self, unit: Unit, run_dir: Path) -> dict[str, Any]:
+        from rdiff.report import parameter_counts
+
         engine = make_engine(_with_out(unit.config, run_dir), run_dir)
         engine.save_config()
         engine.reconstruct()
         result = self._evaluate(unit, engine, sampling=False, typed=True)
         engine.write_report(self._report_eval(unit, result), None)
-        counts = engine.parameter_counts()
+        counts = parameter_counts(engine.backbone, unit.config.train.train_base)
         return {**result, "trainable": 0, "total": counts["base"], "steps": 0,
                 "reconstruct_steps": dict(unit.config.train.steps), "time_s": engine.times.get("reconstruct", 0.0)}
 
     def _adapt(self, unit: Unit, run_dir: Path) -> dict[str, Any]:
+        from rdiff.report import parameter_counts
+
         parent_dir = self.results[unit.parent.key]["run_dir"]
         config = replace(_with_out(unit.config, run_dir), reconstruct_from=str(Path(parent_dir).resolve()))
         engine = make_engine(config, run_dir)
@@ -374,7 +375,7 @@ class Bench:
         info = engine.adapt()
         result = self._evaluate(unit, engine, sampling=unit.headline, typed=unit.headline)
         engine.write_report(self._report_eval(unit, result), info)
-        counts = engine.parameter_counts()
+        counts = parameter_counts(engine.backbone, config.train.train_base)
         return {**result, "trainable": counts["trainable"], "total": counts["total"],
                 "steps": config.train.adapt_steps, "best_step": info["best_step"],
                 "curve": validation_curve(run_dir, "adapt"), "time_s": engine.times.get("adapt", 0.0)}
@@ -457,8 +458,10 @@ def _engine_class() -> type:
 
     from rdiff.checkpoints import write_json
     from rdiff.data import PairCrops
-    from rdiff.engine import BestSoFar, Engine, Fit, stable_seed  # torch: when the bench runs, not at start-up
-    from rdiff.evaluation import path_options, validation_psnr
+    from rdiff.engine import Engine  # torch: when the bench runs, not at start-up
+    from rdiff.training import BestSoFar, Fit, stable_seed
+    from rdiff import evaluation  # validation_psnr through its module, so that tests can replace it
+    from rdiff.evaluation import path_options
 
     class BenchEngine(Engine):
         """The engine, with the degradation parameters left off its validation crops (validation needs only
@@ -483,7 +486,8 @@ def _engine_class() -> type:
             best = BestSoFar()
 
             def validate(step: int) -> dict[str, float]:
-                psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device, cfg.eval.seed)
+                psnr = evaluation.validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device,
+                                                  cfg.eval.seed)
                 best.offer(psnr, step, self.backbone.state_dict)
                 return {"val_psnr": round(psnr, 4), "best_step": best.step}
 
@@ -666,7 +670,7 @@ def measure_modality(bench: Bench, config: Any) -> ModalityTimes:
 
     from rdiff.registry import create_modality
     from rdiff.data import degraded_crops, load_items
-    from rdiff.engine import stable_seed
+    from rdiff.training import stable_seed
     from rdiff.evaluation import score
 
     modality = create_modality(config.modality, **config.modality_options)

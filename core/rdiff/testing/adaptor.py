@@ -55,7 +55,7 @@ class AdaptorContract:
 
     def train_adaptor(self, backbone: Reconstructor, adaptor: Adaptor, batch: dict[str, torch.Tensor]) -> None:
         """Two phase-2 steps, as the engine takes them."""
-        from rdiff.engine import TrainingModule
+        from rdiff.training import TrainingModule
 
         owner = TrainingModule(backbone, adaptor)
         _train_steps(owner, adaptor.trainable_parameters(),
