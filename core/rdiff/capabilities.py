@@ -17,14 +17,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 @runtime_checkable
 class Latent(Protocol):
-    """``"latent"``: has ``encode(x)`` / ``decode(z)`` and ``latent_shape(height, width) -> (C, h, w)``, the
-    shape of the latent of an image that size."""
+    """``"latent"``: has ``encode(x)`` / ``decode(z)``; a backbone that samples also has ``latent_shape(height,
+    width) -> (C, h, w)``, the shape of the latent of an image that size (tiles of one image then share one
+    noise field)."""
 
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
 
 
 @runtime_checkable

@@ -173,7 +173,13 @@ class BackboneContract:
         assert not wrong, f"targets whose output does not have the declared channels: {wrong[:3]}"
 
     def test_capability_protocols(self, built: Reconstructor) -> None:
+        from rdiff.capabilities import PROTOCOLS
+
         caps = built.capabilities
+        unknown = sorted(set(caps) - set(PROTOCOLS))
+        assert not unknown, f"capabilities {unknown} are not among rdiff's: {', '.join(PROTOCOLS)}"
+        missing = [cap for cap in caps if not isinstance(built, PROTOCOLS[cap])]
+        assert not missing, f"the backbone lacks the methods of its capabilities {missing} (see rdiff.capabilities)"
         lq = self.batch(built)["degraded"]
         if "latent" in caps:
             with torch.no_grad():
