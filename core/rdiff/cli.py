@@ -14,6 +14,7 @@ from typing import Any
 
 from rdiff import __version__
 from rdiff.errors import TrainingStopped, UserError
+from rdiff.report import adaptor_params, format_eval_table
 
 COMMANDS_WITH_RUN_FLAGS = ("train", "reconstruct")
 
@@ -186,7 +187,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if kind == "adaptor":
             row["requires"] = list(e.requires)
             if args.json:
-                row["params"] = _adaptor_params(name)
+                row["params"] = adaptor_params(name)
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -199,42 +200,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:
-    """Trainable vs total parameters of ``adaptor`` on every compatible backbone's tiny preset."""
-    from rdiff.registry import create_adaptor, create_backbone, list_backbones
-    from rdiff.plugins import plugins
-
-    out = {}
-    for name in list_backbones():
-        entry = plugins().get("backbone", name)
-        if not set(plugins().get("adaptor", adaptor).requires) <= set(entry.capabilities):
-            continue
-        backbone = create_backbone(name, preset="tiny")
-        a = create_adaptor(adaptor, backbone)
-        inside = {id(p) for p in backbone.parameters()}
-        trainable = sum(p.numel() for p in a.trainable_parameters())
-        total = sum(p.numel() for p in backbone.parameters()) + sum(
-            p.numel() for p in a.trainable_parameters() if id(p) not in inside)
-        out[f"{name}:tiny"] = {"trainable": trainable, "total": total}
-    return out
-
-
 # --- output ---------------------------------------------------------------------------------------------------
-
-
-def format_eval_table(ev: dict[str, Any]) -> str:
-    rows = [("input (degraded)", ev.get("input", {}))]
-    if "reconstruct_only" in ev:
-        rows.append(("reconstruct-only fast", ev["reconstruct_only"]))
-    rows += [(f"{'adapted ' if 'reconstruct_only' in ev else ''}{name}{' *' if name == ev.get('default_path') else ''}", m)
-             for name, m in ev.get("paths", {}).items()]
-    keys = [k for k in rows[0][1] if k != "by_type"]
-    lines = [f"{'':<26}" + "".join(f"{k:>12}" for k in keys)]
-    for label, metrics in rows:
-        lines.append(f"{label:<26}" + "".join(f"{metrics.get(k, float('nan')):>12.4f}" for k in keys))
-    count = ev.get("crops", ev.get("images"))
-    lines.append(f"(* default path; {count} held-out {'crops' if 'crops' in ev else 'images'}; scored inside the region of interest)")
-    return "\n".join(lines)
 
 
 def _print_summary(out: Path, report: dict[str, Any] | None) -> None:

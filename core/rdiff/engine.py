@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from rdiff.checkpoints import load_checkpoint, save_checkpoint, write_json, write_weights
 from rdiff.config import RunConfig
-from rdiff.data import CleanCrops, PairCrops, degraded_crops, fixed_crops, load_items, load_pair_folder
+from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
 from rdiff.errors import TrainingStopped, UserError
 from rdiff.evaluation import evaluate, heldout_pairs, path_options, validation_psnr
 from rdiff.plugins import plugins
@@ -120,20 +120,8 @@ class Engine:
         self.backbone.load(self.reconstruct_dir)
 
     def pairs(self) -> tuple[list, list]:
-        """Training and validation pairs: a user's folder, or crops degraded on the fly (seeded)."""
-        cfg, train = self.config, self.config.train
-        if cfg.pairs:
-            all_pairs = load_pair_folder(self.modality, cfg.pairs, train.resize)
-            if len(all_pairs) < 2:
-                raise UserError(f"pairs folder '{cfg.pairs}' holds {len(all_pairs)} pair; at least 2 are needed "
-                                f"(one to train, one to validate).")
-            n_val = min(max(1, len(all_pairs) // 5), len(all_pairs) - 1)
-            val = fixed_crops(all_pairs[-n_val:], train.image_size, max(train.val_pairs, n_val), cfg.seed + 1)
-            return all_pairs[:-n_val], val
-        items = load_items(self.modality, cfg.data, "train", train.resize, train.image_size, train.bad_images)
-        made = degraded_crops(self.modality, items, train.image_size, train.pairs + train.val_pairs,
-                              stable_seed(cfg.seed, "pairs"))
-        return made[:train.pairs], made[train.pairs:]
+        """Training and validation pairs of phase 2 (see :func:`rdiff.data.adaptation_pairs`)."""
+        return adaptation_pairs(self.modality, self.config)
 
     def adapt(self) -> dict[str, Any]:
         """Attach the adaptor to the frozen backbone and train only it; keep the best by validation PSNR."""

@@ -1,4 +1,5 @@
-"""report.json: what a finished run reports (held-out evaluation, parameter counts, times)."""
+"""report.json: what a finished run reports (held-out evaluation, parameter counts, times), and the table
+the CLI prints from it."""
 
 from __future__ import annotations
 
@@ -34,3 +35,35 @@ def build_report(cfg: Any, backbone: Any, evaluation: dict[str, Any] | None, ada
     if cfg.reconstruct_from:
         report["reconstruct_from"] = cfg.reconstruct_from
     return report
+
+
+def adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:
+    """Trainable vs total parameters of ``adaptor`` on every compatible backbone's tiny preset."""
+    from rdiff.registry import create_adaptor, create_backbone, list_backbones
+    from rdiff.plugins import plugins
+
+    out = {}
+    for name in list_backbones():
+        entry = plugins().get("backbone", name)
+        if not set(plugins().get("adaptor", adaptor).requires) <= set(entry.capabilities):
+            continue
+        backbone = create_backbone(name, preset="tiny")
+        create_adaptor(adaptor, backbone)
+        counts = parameter_counts(backbone, train_base=False)
+        out[f"{name}:tiny"] = {"trainable": counts["trainable"], "total": counts["total"]}
+    return out
+
+
+def format_eval_table(ev: dict[str, Any]) -> str:
+    rows = [("input (degraded)", ev.get("input", {}))]
+    if "reconstruct_only" in ev:
+        rows.append(("reconstruct-only fast", ev["reconstruct_only"]))
+    rows += [(f"{'adapted ' if 'reconstruct_only' in ev else ''}{name}{' *' if name == ev.get('default_path') else ''}", m)
+             for name, m in ev.get("paths", {}).items()]
+    keys = [k for k in rows[0][1] if k != "by_type"]
+    lines = [f"{'':<26}" + "".join(f"{k:>12}" for k in keys)]
+    for label, metrics in rows:
+        lines.append(f"{label:<26}" + "".join(f"{metrics.get(k, float('nan')):>12.4f}" for k in keys))
+    count = ev.get("crops", ev.get("images"))
+    lines.append(f"(* default path; {count} held-out {'crops' if 'crops' in ev else 'images'}; scored inside the region of interest)")
+    return "\n".join(lines)
