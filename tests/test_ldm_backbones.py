@@ -69,6 +69,7 @@ class ToyControlAdaptor(rdiff.Adaptor):
     """ControlNet-shaped residuals: a fixed fraction of the UNet's own down-path skips and mid output."""
 
     name = "toy-control"
+    requires = frozenset({"down_residuals"})
 
     def __init__(self, backbone: rdiff.Reconstructor, strength: float = 0.5):
         super().__init__(None, backbone)

@@ -84,3 +84,12 @@ def test_declarations_hold_no_import_paths(package):
 def test_ldm_unet_paper_preset_matches_the_paper():
     preset = plugins().get("backbone", "ldm-unet").presets["paper"]
     assert preset["train"]["image_size"] == 512
+
+
+def test_an_adaptor_class_requires_what_its_plugin_declares():
+    from rdiff_adaptors.controlnet import ControlNetAdaptor
+    from rdiff_adaptors.lora import LoRAAdaptor
+    from rdiff_adaptors.residual import ResidualAdaptor
+
+    for cls in (ControlNetAdaptor, LoRAAdaptor, ResidualAdaptor):
+        assert sorted(cls.requires) == sorted(plugins().get("adaptor", cls.name).requires), cls.name

@@ -55,6 +55,7 @@ class ToyBackbone(rdiff.Reconstructor):
 
 class ToyAdaptor(rdiff.Adaptor):
     name = "toy-adaptor"
+    requires = frozenset({"latent"})
 
     def __init__(self, config, backbone):
         super().__init__(config, backbone)

@@ -9,7 +9,18 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
+from rdiff.errors import UserError
 from rdiff.reconstructor import Reconstructor
+
+
+def check_requires(name: str, requires: frozenset[str] | tuple[str, ...], backbone: Reconstructor) -> None:
+    """Refuse a backbone that lacks a capability the adaptor ``name`` requires, in one sentence naming both.
+    The one check: :func:`rdiff.create_adaptor` makes it before anything is built, and :class:`Adaptor` on
+    construction, for code that builds an adaptor class directly."""
+    missing = sorted(set(requires) - set(backbone.capabilities))
+    if missing:
+        raise UserError(f"adaptor '{name}' needs a backbone with {', '.join(missing)}; "
+                        f"'{backbone.registered_name}' offers {', '.join(sorted(backbone.capabilities)) or 'nothing'}.")
 
 
 class Adaptor(nn.Module, ABC):
@@ -20,11 +31,11 @@ class Adaptor(nn.Module, ABC):
     behave exactly as the original (that is how phase 2 computes the frozen encoder's latents).
     """
 
+    requires: ClassVar[frozenset[str]] = frozenset()  # backbone capabilities this adaptor needs
     name: ClassVar[str] = "adaptor"
 
     def __init__(self, config: Any, backbone: Reconstructor):
-        # the backbone capabilities an adaptor needs are declared at registration (``requires``) and
-        # checked once, by rdiff.registry.create_adaptor, before this is called
+        check_requires(self.name, self.requires, backbone)  # also for code that builds an adaptor directly
         super().__init__()
         self.config = config
         self.enabled = True

@@ -61,11 +61,10 @@ def create_backbone(name: str, preset: str | None = "tiny", channels: int = 3, *
 
 def create_adaptor(name: str, backbone: Reconstructor, **overrides: Any) -> Adaptor:
     """An adaptor attached to (and only to) ``backbone``, whose own parameters are frozen."""
+    from rdiff.adaptor import check_requires  # torch: loaded by now, since the backbone exists
+
     entry = plugins().get("adaptor", name)
-    missing = sorted(set(entry.requires) - set(backbone.capabilities))
-    if missing:
-        raise UserError(f"adaptor '{name}' needs a backbone with {', '.join(missing)}; "
-                        f"'{backbone.registered_name}' offers {', '.join(sorted(backbone.capabilities)) or 'nothing'}.")
+    check_requires(name, entry.requires, backbone)
     backbone.requires_grad_(False)
     return entry.build(_config(entry, overrides, "adaptor_options"), backbone)
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rdiff.errors import UserError
+from rdiff.plugins import declarations
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 from .base import DetachableAdaptor, check_keys, detached
@@ -110,6 +111,7 @@ class ResidualAdaptor(DetachableAdaptor):
     """The paper's enhancement adaptor (see the module docstring); ``requires`` nothing."""
 
     name = "residual"
+    requires = frozenset(declarations("rdiff_adaptors")["adaptors"]["residual"]["requires"])  # its plugin.yaml
 
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         offered = backbone.adaptation_targets()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rdiff.reconstructor import Reconstructor
+from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 #: The adaptation groups the built-in adaptors understand (see :class:`rdiff.AdaptationTarget`).
 TARGET_GROUPS = frozenset({"encoder", "denoiser_down", "denoiser_mid", "denoiser_up"})
@@ -102,3 +102,33 @@ def _assert_all_close(expected: dict[str, torch.Tensor], actual: dict[str, torch
     for path in expected:
         difference = (expected[path] - actual[path]).abs().max().item()
         assert difference <= atol, f"{what}: path '{path}' differs from the base by up to {difference:.3g}"
+
+
+class _Incapable(Reconstructor):
+    """A backbone with no capability at all, to check that adaptors refuse what they cannot attach to."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    stages = ("autoencoder",)
+
+    def __init__(self) -> None:
+        super().__init__(None, 3)
+        self.registered_name = "incapable"
+        self.layer = nn.Conv2d(3, 3, 3, padding=1)
+
+    def stage_parameters(self, stage: str) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def reconstruction_loss(self, stage, clean, roi, degraded=None):
+        return (self.layer(clean) - clean).abs().mean()
+
+    def adaptation_targets(self) -> list[AdaptationTarget]:
+        return [AdaptationTarget("layer", "encoder", self.layer, 3)]
+
+    def adaptation_loss(self, lq, hq, roi):
+        return (self.layer(lq) - hq).abs().mean()
+
+    def enhance(self, lq, *, path="fast", steps=10, eta=1.0, generator=None, noise=None):
+        return self.layer(lq).clamp(0, 1)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"layer": self.layer}

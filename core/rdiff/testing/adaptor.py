@@ -11,7 +11,7 @@ import torch
 from rdiff.adaptor import Adaptor
 from rdiff.errors import UserError
 from rdiff.reconstructor import Reconstructor
-from rdiff.testing._common import (_assert_all_close, _outputs, _seeded, _side, _snapshot, _train_steps,
+from rdiff.testing._common import (_assert_all_close, _Incapable, _outputs, _seeded, _side, _snapshot, _train_steps,
                                    degraded_copy, smooth_images)
 
 
@@ -143,11 +143,16 @@ class AdaptorContract:
 
     def test_refuses_a_backbone_without_a_required_capability(self) -> None:
         from rdiff.registry import create_adaptor, create_backbone, get_preset, list_backbones
+        from rdiff.config import build
         from rdiff.plugins import plugins
 
         entry = plugins().get("adaptor", self.adaptor)
         if not entry.requires:
             pytest.skip(f"adaptor '{self.adaptor}' requires no capability")
+        # the adaptor's own class refuses, not only the registry (for code that builds it directly)
+        config = build(entry.config, dict(self.options), "adaptor_options") if entry.config else None
+        with pytest.raises(UserError):
+            entry.build(config, _Incapable())
         lacking = [name for name in list_backbones()
                    if not set(entry.requires) <= set(plugins().get("backbone", name).capabilities)]
         if not lacking:
