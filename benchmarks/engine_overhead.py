@@ -81,7 +81,7 @@ def plain_loop(steps: int, seed: int, in_memory: bool) -> tuple[float, float]:
     import rdiff
     from rdiff.config import TrainConfig
     from rdiff.data import CleanCrops, load_items
-    from rdiff.engine import stable_seed
+    from rdiff.training import stable_seed
 
     preset = rdiff.get_preset("ldm-unet", "tiny")
     train = TrainConfig(**{k: v for k, v in preset["train"].items() if k != "steps"})

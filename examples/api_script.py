@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 import rdiff
-from rdiff.cli import format_eval_table, resolve_config
 from rdiff.engine import run
+from rdiff.registry import resolve_config
+from rdiff.report import format_eval_table
 
 # A short schedule that still shows both phases at work (the tiny preset trains ~10x longer).
 QUICK = {

@@ -8,6 +8,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # toy_plugin and toy_components import as top-level modules
+sys.path.insert(0, str(TESTS.parent / "tools"))  # the development scripts (docgen) are not installed
 
 # CPU tests: one thread per process (torchrun tests start several) and never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,7 +11,7 @@ import pytest
 
 import rdiff
 from rdiff import hookimpl
-from rdiff.bench import add_parser, make_row, mean_std, summarise
+from rdiff_bench.bench import _engine_class, add_parser, make_row, mean_std, summarise
 
 REQUIRED = {"backbone", "modality", "adaptor", "preset", "method", "path", "psnr", "ssim", "trainable_params",
             "total_params", "steps", "time_s", "seeds"}
@@ -156,7 +156,7 @@ def test_bad_flags_are_user_errors(toy):
 
 def test_preset_budget_keeps_the_presets_own_steps(toy):
     # `--reconstruct-steps preset` etc. run the preset's full schedule (the comparison that means most)
-    from rdiff.bench import plan, settings_from_args
+    from rdiff_bench.bench import plan, settings_from_args
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -175,7 +175,7 @@ def test_preset_budget_keeps_the_presets_own_steps(toy):
 
 def test_scratch_lr_changes_only_the_from_scratch_runs(toy):
     # the baseline gets its own learning rate; adaptation, phase 1 and the cache keys of both stay as they were
-    from rdiff.bench import plan, settings_from_args
+    from rdiff_bench.bench import plan, settings_from_args
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -193,7 +193,7 @@ def test_scratch_lr_changes_only_the_from_scratch_runs(toy):
 def test_clahe_keeps_the_input_outside_the_roi_and_its_shape():
     import numpy as np
 
-    from rdiff.bench import clahe
+    from rdiff_bench.bench import clahe
 
     rng = np.random.default_rng(0)
     image = (rng.random((32, 32, 3)) * 0.4).astype(np.float32)
@@ -204,3 +204,22 @@ def test_clahe_keeps_the_input_outside_the_roi_and_its_shape():
     assert np.array_equal(out[~roi], image[~roi]) and not np.allclose(out[roi], image[roi])
     grey = clahe(image[..., :1])
     assert grey.shape == (32, 32, 1) and 0 <= grey.min() and grey.max() <= 1
+
+
+def test_a_resumed_from_scratch_run_still_keeps_its_best_step(toy, tmp_path, monkeypatch):
+    # the best step so far travels in the checkpoint: after a resume the kept model is not just the latest
+    import rdiff.evaluation
+    from test_engine import toy_config
+
+    Engine = _engine_class()  # the engine with the bench's from-scratch baseline
+    scores = iter([1.0, 5.0, 3.0])  # validations at steps 0, 2, 4 of the first run: the best is step 2
+    monkeypatch.setattr(rdiff.evaluation, "validation_psnr", lambda *a, **k: next(scores))
+    first = Engine(toy_config(tmp_path, train__adapt_steps=4, train__val_every=2, train__checkpoint_every=2), tmp_path)
+    first.save_config()
+    assert first.scratch()["best_step"] == 2
+
+    scores = iter([2.0])  # the resumed run validates only step 6, worse than step 2
+    resumed = Engine(toy_config(tmp_path, train__adapt_steps=6, train__val_every=2, train__checkpoint_every=2),
+                     tmp_path, resume=True)
+    assert resumed.scratch()["best_step"] == 2
+    assert json.loads((tmp_path / "scratch" / "scratch.json").read_text())["best_step"] == 2

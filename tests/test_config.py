@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rdiff.cli import resolve_config
+from rdiff.registry import resolve_config
 from rdiff.config import RunConfig, build, parse_set
 from rdiff.errors import UserError
 

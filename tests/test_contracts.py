@@ -28,7 +28,7 @@ def _why_missing(kind: str, name: str) -> str | None:
     if name in _loaded.entries[kind]:
         entry = _loaded.entries[kind][name]
         if kind == "backbone" and "tiny" not in _loaded.presets(entry):
-            return f"backbone '{name}' has no 'tiny' preset yet (registry.yaml)"
+            return f"backbone '{name}' has no 'tiny' preset yet (its plugin.yaml)"
         return None
     plugin = catalogue().get({"backbone": "backbones", "adaptor": "adaptors", "modality": "modalities"}[kind],
                              {}).get(name, {}).get("plugin", name)

@@ -1,4 +1,4 @@
-"""The docs cannot drift from the code: the generated pages are exactly what ``python -m rdiff.docgen`` writes
+"""The docs cannot drift from the code: the generated pages are exactly what ``python tools/docgen.py`` writes
 now, and every hook, CLI flag and configuration key (core and built-in plugins) appears in them."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from rdiff import docgen
+import docgen
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-FIX = "run `python -m rdiff.docgen` and commit the result"
+FIX = "run `python tools/docgen.py` and commit the result"
 
 
 def _page(name: str) -> str:

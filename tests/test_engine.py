@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import rdiff
-from rdiff.cli import resolve_config
 from rdiff.engine import run
+from rdiff.registry import resolve_config
 
 
 def toy_config(tmp_path, **sets):
@@ -94,21 +94,3 @@ def test_nonfinite_loss_stops_the_run_with_a_message(toy, tmp_path, monkeypatch)
                         lambda self, stage, clean, roi, degraded=None: (self.encode(clean) * float("nan")).mean())
     with pytest.raises(TrainingStopped, match="not finite for 3 consecutive steps"):
         run(toy_config(tmp_path, train__max_bad_steps=3, train__steps={"autoencoder": 20}), tmp_path)
-
-
-def test_a_resumed_from_scratch_run_still_keeps_its_best_step(toy, tmp_path, monkeypatch):
-    # the best step so far travels in the checkpoint: after a resume the kept model is not just the latest
-    import rdiff.engine as engine_module
-    from rdiff.engine import Engine
-
-    scores = iter([1.0, 5.0, 3.0])  # validations at steps 0, 2, 4 of the first run: the best is step 2
-    monkeypatch.setattr(engine_module, "validation_psnr", lambda *a, **k: next(scores))
-    first = Engine(toy_config(tmp_path, train__adapt_steps=4, train__val_every=2, train__checkpoint_every=2), tmp_path)
-    first.save_config()
-    assert first.scratch()["best_step"] == 2
-
-    scores = iter([2.0])  # the resumed run validates only step 6, worse than step 2
-    resumed = Engine(toy_config(tmp_path, train__adapt_steps=6, train__val_every=2, train__checkpoint_every=2),
-                     tmp_path, resume=True)
-    assert resumed.scratch()["best_step"] == 2
-    assert json.loads((tmp_path / "scratch" / "scratch.json").read_text())["best_step"] == 2

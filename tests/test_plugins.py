@@ -130,7 +130,7 @@ def test_help_and_plugins_import_no_torch():
 def test_hooks_are_called_with_keywords_and_observers_fire(toy, tmp_path, monkeypatch):
     """An observer plugin sees steps, checkpoints and the finished report."""
     from rdiff import hookimpl, plugins
-    from rdiff.cli import resolve_config
+    from rdiff.registry import resolve_config
     from rdiff.engine import run
 
     seen: list[tuple] = []
@@ -154,3 +154,64 @@ def test_hooks_are_called_with_keywords_and_observers_fire(toy, tmp_path, monkey
     assert ("step", "reconstruct", 1) in seen and ("step", "adapt", 4) in seen
     assert ("checkpoint", "adapt", "checkpoint") in seen
     assert seen[-1] == ("finished", "toy")
+
+
+def _commands() -> set[str]:
+    import argparse
+
+    from rdiff.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
+
+
+def test_bench_and_new_plugin_are_commands_of_their_plugins(monkeypatch, tmp_path, capsys):
+    """``rdiff bench`` and ``rdiff new-plugin`` come from the built-in bench and scaffold plugins through
+    ``rdiff_register_commands``, as a third-party plugin's command would: without them the CLI has neither."""
+    from rdiff import plugins
+    from rdiff.cli import main
+
+    monkeypatch.setenv("RDIFF_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("RDIFF_PLUGINS", "toy_plugin")
+    plugins.reset()
+    assert not {"bench", "new-plugin"} & _commands()
+    monkeypatch.setenv("RDIFF_PLUGINS", "toy_plugin,rdiff_bench,rdiff_scaffold")
+    plugins.reset()
+    assert {"bench", "new-plugin"} <= _commands()
+    assert main(["new-plugin", "dermo", "--kind", "modality", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "rdiff-dermo" / "pyproject.toml").is_file()
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--help"])
+    assert exited.value.code == 0 and "--backbones" in capsys.readouterr().out
+
+
+def test_a_plugin_adds_a_command_and_an_option_that_reaches_its_observer(toy, tmp_path):
+    """``rdiff_register_commands`` adds a working subcommand; ``rdiff_add_cli_options`` adds a flag to a
+    built-in command, whose value the plugin gets back in ``rdiff_run_started`` (as ``cli_args``)."""
+    from rdiff import hookimpl, plugins
+    from rdiff.cli import main
+
+    seen: dict[str, object] = {}
+
+    class Tool:
+        @hookimpl
+        def rdiff_register_commands(self, subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.add_argument("--name", default="world")
+            p.set_defaults(handler=lambda args: seen.setdefault("hello", args.name) and 3)
+
+        @hookimpl
+        def rdiff_add_cli_options(self, command, parser):
+            if command == "train":
+                parser.add_argument("--tool-note", help="a note for the tool")
+
+        @hookimpl
+        def rdiff_run_started(self, run_dir, config, cli_args):
+            seen["started"] = (Path(run_dir).name, config.backbone, getattr(cli_args, "tool_note", None))
+
+    plugins.plugins().pm.register(Tool())
+    assert main(["hello", "--name", "rdiff"]) == 3 and seen["hello"] == "rdiff"
+    out = tmp_path / "run"
+    assert main(["train", "--backbone", "toy", "--modality", "toy", "--adaptor", "toy-adaptor", "--out", str(out),
+                 "--tool-note", "first try"]) == 0
+    assert seen["started"] == ("run", "toy", "first try")

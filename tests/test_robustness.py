@@ -65,7 +65,7 @@ def test_kill_9_then_resume_continues_the_step_count(tmp_path):
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one(toy, tmp_path, recwarn):
-    from rdiff.cli import resolve_config
+    from rdiff.registry import resolve_config
     from rdiff.engine import Engine
 
     def config(steps):

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docgen
 import pytest
+from rdiff_scaffold import scaffold
 
 import rdiff
-from rdiff import docgen, scaffold
 
 KINDS = {"backbone": "my-net", "adaptor": "tiny-res", "modality": "dermo"}
 

@@ -15,9 +15,10 @@ from rdiff.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_backbone": "rdiff.api", "create_adaptor": "rdiff.api", "create_modality": "rdiff.api",
-    "list_backbones": "rdiff.api", "list_adaptors": "rdiff.api", "list_modalities": "rdiff.api",
-    "load_run": "rdiff.api", "get_preset": "rdiff.api", "train": "rdiff.api", "resolve_config": "rdiff.cli",
+    "create_backbone": "rdiff.registry", "create_adaptor": "rdiff.registry", "create_modality": "rdiff.registry",
+    "list_backbones": "rdiff.registry", "list_adaptors": "rdiff.registry", "list_modalities": "rdiff.registry",
+    "get_preset": "rdiff.registry", "resolve_config": "rdiff.registry",
+    "load_run": "rdiff.api", "train": "rdiff.api",
     "Modality": "rdiff.modality", "ModalityConfig": "rdiff.modality",
     "Reconstructor": "rdiff.reconstructor", "AdaptationTarget": "rdiff.reconstructor",
     "Adaptor": "rdiff.adaptor",

@@ -13,6 +13,16 @@ from rdiff.errors import UserError
 from rdiff.reconstructor import Reconstructor
 
 
+def check_requires(name: str, requires: frozenset[str] | tuple[str, ...], backbone: Reconstructor) -> None:
+    """Refuse a backbone that lacks a capability the adaptor ``name`` requires, in one sentence naming both.
+    The one check: :func:`rdiff.create_adaptor` makes it before anything is built, and :class:`Adaptor` on
+    construction, for code that builds an adaptor class directly."""
+    missing = sorted(set(requires) - set(backbone.capabilities))
+    if missing:
+        raise UserError(f"adaptor '{name}' needs a backbone with {', '.join(missing)}; "
+                        f"'{backbone.registered_name}' offers {', '.join(sorted(backbone.capabilities)) or 'nothing'}.")
+
+
 class Adaptor(nn.Module, ABC):
     """Injects itself into ``backbone`` at construction and holds only its own (trainable) weights.
 
@@ -25,15 +35,12 @@ class Adaptor(nn.Module, ABC):
     name: ClassVar[str] = "adaptor"
 
     def __init__(self, config: Any, backbone: Reconstructor):
+        check_requires(self.name, self.requires, backbone)  # also for code that builds an adaptor directly
         super().__init__()
-        missing = sorted(set(self.requires) - set(backbone.capabilities))
-        if missing:
-            raise UserError(f"adaptor '{self.name}' needs a backbone with {', '.join(missing)}, which "
-                            f"'{type(backbone).__name__}' does not offer.")
         self.config = config
         self.enabled = True
         object.__setattr__(self, "backbone", backbone)  # not a submodule: the base saves on its own
-        object.__setattr__(backbone, "adaptor", self)
+        backbone.attach(self)
 
     @contextmanager
     def disabled(self) -> Iterator[None]:

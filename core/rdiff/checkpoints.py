@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rdiff.images import temp_beside, temp_dir_beside
+from rdiff.images import atomic_file, temp_dir_beside
 
 MANIFEST = "manifest.json"
 
@@ -47,17 +47,26 @@ def _tmp_dir(final: Path) -> Path:
     return temp_dir_beside(final)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file atomically (temp file, fsync, rename), creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically."""
+    write_bytes(path, (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8"))
+
+
+def write_weights(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a safetensors file atomically."""
+    from safetensors.torch import save
+
+    write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
 # --- networks -----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 from rdiff import __version__
 from rdiff.errors import TrainingStopped, UserError
+from rdiff.report import adaptor_params, format_eval_table
 
 COMMANDS_WITH_RUN_FLAGS = ("train", "reconstruct")
 
@@ -38,31 +39,6 @@ def _add_common_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file of configuration keys (see docs/configuration.md)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override one configuration key, e.g. --set train.adapt_steps=100 (repeatable)")
-
-
-def resolve_config(layers: list[dict[str, Any]]) -> Any:
-    """Merge configuration layers onto the chosen backbone's preset and check every key.
-
-    The plugin sections (model, adaptor_options, modality_options) are validated against the dataclass
-    each plugin registered and stored fully resolved, so config.yaml says everything that was used."""
-    from rdiff.api import get_preset
-    from rdiff.config import RunConfig, build, merge, to_dict
-    from rdiff.plugins import plugins
-
-    top: dict[str, Any] = {}
-    for layer in layers:
-        top = merge(top, layer)
-    chosen = build(RunConfig, {k: v for k, v in top.items() if k in ("backbone", "preset")})
-    config = build(RunConfig, merge(get_preset(chosen.backbone, chosen.preset), top))
-    for kind, name, section in (("backbone", config.backbone, "model"), ("adaptor", config.adaptor, "adaptor_options"),
-                                ("modality", config.modality, "modality_options")):
-        entry = plugins().get(kind, name)
-        values = getattr(config, section)
-        if entry.config is not None:
-            setattr(config, section, to_dict(build(entry.config, values, section)))
-        elif values:
-            raise UserError(f"{kind} '{name}' takes no options, got '{section}.{next(iter(values))}'.")
-    return config
 
 
 def _flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
@@ -90,6 +66,7 @@ def _load_yaml_layer(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")) -> int:
     from rdiff.config import RunConfig, build, load_yaml, parse_set
     from rdiff.engine import run
+    from rdiff.registry import resolve_config
 
     out = Path(args.out) if args.out else None
     if args.resume:
@@ -119,6 +96,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from rdiff.config import RunConfig, build, load_yaml, merge, parse_set, to_dict
     from rdiff.engine import run
+    from rdiff.registry import resolve_config
 
     source = Path(args.source)
     if not (source / "config.yaml").is_file():
@@ -145,21 +123,21 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from rdiff.api import load_run
     from rdiff.enhance import enhance_files
+    from rdiff.run import Run
 
-    run = load_run(args.run)
+    run = Run.load(args.run)
     return enhance_files(run, args.inputs, args.out, path=args.path, steps=args.steps, eta=args.eta, seed=args.seed,
                          tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
                          dtype=args.dtype, preserve_color=args.preserve_color, compare=args.compare)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rdiff.api import load_run
+    from rdiff.run import Run
 
     if args.data and args.pairs:
         raise UserError("give --data or --pairs, not both.")
-    run = load_run(args.run)
+    run = Run.load(args.run)
     result = run.evaluate(data=args.data, pairs=args.pairs, crops=args.crops,
                           paths=args.paths.split(",") if args.paths else None)
     if args.json:
@@ -170,7 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    from rdiff.api import create_modality
+    from rdiff.registry import create_modality
     from rdiff.config import parse_set
     from rdiff.degrade import degrade_files
 
@@ -209,7 +187,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if kind == "adaptor":
             row["requires"] = list(e.requires)
             if args.json:
-                row["params"] = _adaptor_params(name)
+                row["params"] = adaptor_params(name)
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -222,42 +200,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:
-    """Trainable vs total parameters of ``adaptor`` on every compatible backbone's tiny preset."""
-    from rdiff.api import create_adaptor, create_backbone, list_backbones
-    from rdiff.plugins import plugins
-
-    out = {}
-    for name in list_backbones():
-        entry = plugins().get("backbone", name)
-        if not set(plugins().get("adaptor", adaptor).requires) <= set(entry.capabilities):
-            continue
-        backbone = create_backbone(name, preset="tiny")
-        a = create_adaptor(adaptor, backbone)
-        inside = {id(p) for p in backbone.parameters()}
-        trainable = sum(p.numel() for p in a.trainable_parameters())
-        total = sum(p.numel() for p in backbone.parameters()) + sum(
-            p.numel() for p in a.trainable_parameters() if id(p) not in inside)
-        out[f"{name}:tiny"] = {"trainable": trainable, "total": total}
-    return out
-
-
 # --- output ---------------------------------------------------------------------------------------------------
-
-
-def format_eval_table(ev: dict[str, Any]) -> str:
-    rows = [("input (degraded)", ev.get("input", {}))]
-    if "reconstruct_only" in ev:
-        rows.append(("reconstruct-only fast", ev["reconstruct_only"]))
-    rows += [(f"{'adapted ' if 'reconstruct_only' in ev else ''}{name}{' *' if name == ev.get('default_path') else ''}", m)
-             for name, m in ev.get("paths", {}).items()]
-    keys = [k for k in rows[0][1] if k != "by_type"]
-    lines = [f"{'':<26}" + "".join(f"{k:>12}" for k in keys)]
-    for label, metrics in rows:
-        lines.append(f"{label:<26}" + "".join(f"{metrics.get(k, float('nan')):>12.4f}" for k in keys))
-    count = ev.get("crops", ev.get("images"))
-    lines.append(f"(* default path; {count} held-out {'crops' if 'crops' in ev else 'images'}; scored inside the region of interest)")
-    return "\n".join(lines)
 
 
 def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
@@ -279,8 +222,6 @@ def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rdiff.plugins import plugins
-    from rdiff.bench import add_parser as add_bench_parser
-    from rdiff.scaffold import add_parser as add_new_plugin_parser
 
     parser = argparse.ArgumentParser(
         prog="rdiff", description="Enhance medical images by reconstruction, then adaptation.",
@@ -353,9 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
     p.set_defaults(handler=cmd_list)
 
-    add_new_plugin_parser(sub)
-    add_bench_parser(sub)
-
+    # every other command comes from a plugin: the built-in `bench` and `scaffold` plugins add `rdiff bench`
+    # and `rdiff new-plugin` exactly as a third-party plugin adds its own
     hook = plugins().pm.hook
     hook.rdiff_register_commands(subparsers=sub)
     for name, sp in sub.choices.items():

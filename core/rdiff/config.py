@@ -227,3 +227,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file '{path}' must hold a mapping of keys to values.")
     return data
+
+
+def check_mix(probabilities: dict[str, float], kinds: tuple[str, ...]) -> None:
+    """Refuse a degradation mix (``degradation.mix_probability``) that names an unknown degradation or holds
+    a chance outside [0, 1]: the check every modality with a default mix of degradations makes."""
+    for kind, chance in probabilities.items():
+        if kind not in kinds:
+            raise UserError(f"config key 'degradation.mix_probability.{kind}' names no degradation; "
+                            f"choose from {', '.join(kinds)}.")
+        if not 0 <= chance <= 1:
+            raise UserError(f"config key 'degradation.mix_probability.{kind}' must be a probability, not {chance}.")

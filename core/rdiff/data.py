@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from rdiff.errors import UserError
 from rdiff.images import list_images
 from rdiff.modality import Modality
+from rdiff.training import stable_seed
 
 
 @dataclass
@@ -268,3 +269,21 @@ def stack(pairs: list[Pair]) -> dict[str, torch.Tensor]:
     return {"lq": torch.stack([to_tensor(p.lq) for p in pairs]),
             "hq": torch.stack([to_tensor(p.hq) for p in pairs]),
             "roi": torch.stack([to_tensor(p.roi) for p in pairs])}
+
+
+def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[Pair]]:
+    """The training and validation pairs of phase 2: a user's folder (the last fifth validates), or crops
+    of the training images degraded on the fly (seeded)."""
+    cfg, train = config, config.train
+    if cfg.pairs:
+        all_pairs = load_pair_folder(modality, cfg.pairs, train.resize)
+        if len(all_pairs) < 2:
+            raise UserError(f"pairs folder '{cfg.pairs}' holds {len(all_pairs)} pair; at least 2 are needed "
+                            f"(one to train, one to validate).")
+        n_val = min(max(1, len(all_pairs) // 5), len(all_pairs) - 1)
+        val = fixed_crops(all_pairs[-n_val:], train.image_size, max(train.val_pairs, n_val), cfg.seed + 1)
+        return all_pairs[:-n_val], val
+    items = load_items(modality, cfg.data, "train", train.resize, train.image_size, train.bad_images)
+    made = degraded_crops(modality, items, train.image_size, train.pairs + train.val_pairs,
+                          stable_seed(cfg.seed, "pairs"))
+    return made[:train.pairs], made[train.pairs:]

@@ -33,6 +33,18 @@ def path_options(backbone: Reconstructor, sample_steps: list[int], eta: float) -
     return options
 
 
+def heldout_pairs(modality: Modality, config: Any, *, data: str | None = None, split: str = "heldout",
+                  crops: int | None = None) -> list[Pair]:
+    """The fixed held-out crops a run is scored on: ``crops`` (default ``eval.crops``) crops of the
+    ``split`` images of ``data`` (default the run's), degraded with the seed ``eval.seed``."""
+    from rdiff.data import degraded_crops, load_items
+
+    train = config.train
+    items = load_items(modality, data if data is not None else config.data, split, train.resize, train.image_size,
+                       train.bad_images)
+    return degraded_crops(modality, items, train.image_size, crops or config.eval.crops, config.eval.seed)
+
+
 def _batches(items: list[Pair], size: int) -> Iterator[list[Pair]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]

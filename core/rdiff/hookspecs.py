@@ -18,7 +18,7 @@ rdiff calls every hook with keyword arguments, so an implementation may accept o
 A function named ``rdiff_*`` and marked as a hook that is not listed here makes its plugin fail to load
 with an error naming the function (a misspelled hook never silently does nothing).
 
-``register`` takes a name, a ``build`` callable and metadata; see :class:`rdiff.plugins.Register` for the
+``register`` takes a name, a ``build`` callable and metadata; see :class:`rdiff.hookspecs.Register` for the
 keywords. ``build`` is called only when the component is used, so a plugin module should import torch and
 other heavy libraries inside ``build`` (or the module it imports there): ``rdiff --help`` and ``rdiff
 plugins`` must stay fast.
@@ -26,6 +26,8 @@ plugins`` must stay fast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -34,10 +36,54 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import argparse
     from pathlib import Path
 
-    from rdiff.plugins import Register
-
 hookspec = pluggy.HookspecMarker("rdiff")
 hookimpl = pluggy.HookimplMarker("rdiff")
+
+
+# --- what a registration hook receives ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component: how to build it and what it declares about itself."""
+
+    kind: str
+    name: str
+    build: Callable[..., Any]
+    config: type | None
+    summary: str
+    plugin: str
+    capabilities: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    presets: dict[str, dict] = field(default_factory=dict)
+
+
+class Register:
+    """The callable a ``rdiff_register_*`` hook receives.
+
+    ``register(name, build, *, config=None, summary="", capabilities=(), requires=(), presets=None)``
+
+    - ``build``: backbone ``build(config, channels)``, adaptor ``build(config, backbone)``,
+      modality ``build(config)``; called only when the component is used.
+    - ``config``: a dataclass whose fields are the component's options (its defaults are the defaults;
+      its docstring and field comments become the configuration reference).
+    - ``summary``, ``capabilities`` (backbones), ``requires`` (adaptors) and ``presets`` (backbones: named
+      partial run configurations) describe the component; a plugin may keep them in a YAML file of its
+      own and pass them on with ``register(name, build, config=..., **declarations(__name__)[kind][name])``
+      (:func:`rdiff.plugins.declarations`), as the built-in plugins do.
+    """
+
+    def __init__(self, table: dict[str, Entry], kind: str, plugin: str):
+        self._table, self._kind, self._plugin = table, kind, plugin
+
+    def __call__(self, name: str, build: Callable[..., Any], *, config: type | None = None, summary: str = "",
+                 capabilities: tuple[str, ...] | list[str] = (), requires: tuple[str, ...] | list[str] = (),
+                 presets: dict[str, dict] | None = None) -> None:
+        table = self._table
+        if name in table:
+            raise ValueError(f"{self._kind} '{name}' is already registered by plugin '{table[name].plugin}'")
+        table[name] = Entry(self._kind, name, build, config, summary, self._plugin,
+                            tuple(capabilities), tuple(requires), dict(presets or {}))
 
 
 # --- registration: what a plugin provides -------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,21 @@ def temp_beside(path: Path, suffix: str = "") -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name next to '{path}'")
 
 
+@contextmanager
+def atomic_file(path: str | Path, suffix: str = "") -> Iterator[str]:
+    """Write ``path`` atomically: the block writes the temporary file it is given (a name beside ``path``),
+    which then replaces ``path``; if the block fails it is removed and ``path`` is left as it was. Every
+    file rdiff writes goes through here (images, volumes, JSON, weights)."""
+    fd, tmp = temp_beside(Path(path), suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def temp_dir_beside(path: Path) -> Path:
     """A new temporary folder next to ``path``, created as any folder is (``mkdtemp`` would make it private)."""
     for name in _temp_names(path, ".tmp"):
@@ -127,9 +143,7 @@ def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = N
     scale, dtype = (65535.0, np.uint16) if bits == 16 else (255.0, np.uint8)
     data = np.round(image * scale).astype(dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path, suffix)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
@@ -141,10 +155,6 @@ def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = N
 
             Image.fromarray(data).save(tmp, **({"quality": 95} if suffix in (".jpg", ".jpeg") else {}),
                                        format={".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(suffix, "PNG"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -92,3 +92,14 @@ class Modality(ABC):
         # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
         # after the first batch and report one metric's value under the other's name
         return torchmetrics.MetricCollection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM()}, compute_groups=False)
+
+
+def choose_degradations(name: str, probabilities: dict[str, float], kinds: tuple[str, ...], rng: Any,
+                        fallback: str) -> list[str]:
+    """The degradations applied to one image: ``name`` alone, or for ``name == "default"`` each of ``kinds``
+    drawn with its chance in ``probabilities`` (in the order of ``kinds``, one ``rng.random()`` each), and
+    ``fallback`` when the draw picks none."""
+    if name != "default":
+        return [name]
+    chosen = [kind for kind in kinds if rng.random() < probabilities.get(kind, 0.0)]
+    return chosen or [fallback]

@@ -19,7 +19,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
@@ -27,52 +27,12 @@ from typing import Any
 import pluggy
 
 from rdiff import hookspecs
+from rdiff.hookspecs import Entry, Register  # noqa: F401 - Entry is also looked up here
 from rdiff.catalogue import catalogue
 from rdiff.errors import UserError, did_you_mean
 
 KINDS = ("backbone", "adaptor", "modality")
 _PLURAL = {"backbone": "backbones", "adaptor": "adaptors", "modality": "modalities"}
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One registered component: how to build it and what it declares about itself."""
-
-    kind: str
-    name: str
-    build: Callable[..., Any]
-    config: type | None
-    summary: str
-    plugin: str
-    capabilities: tuple[str, ...] = ()
-    requires: tuple[str, ...] = ()
-    presets: dict[str, dict] = field(default_factory=dict)
-
-
-class Register:
-    """The callable a ``rdiff_register_*`` hook receives.
-
-    ``register(name, build, *, config=None, summary="", capabilities=(), requires=(), presets=None)``
-
-    - ``build``: backbone ``build(config, channels)``, adaptor ``build(config, backbone)``,
-      modality ``build(config)``; called only when the component is used.
-    - ``config``: a dataclass whose fields are the component's options (its defaults are the defaults;
-      its docstring and field comments become the configuration reference).
-    - ``presets``: named partial run configurations (only for backbones not catalogued in the built-in
-      registry.yaml, whose presets live there).
-    """
-
-    def __init__(self, plugins: Plugins, kind: str, plugin: str):
-        self._plugins, self._kind, self._plugin = plugins, kind, plugin
-
-    def __call__(self, name: str, build: Callable[..., Any], *, config: type | None = None, summary: str = "",
-                 capabilities: tuple[str, ...] | list[str] = (), requires: tuple[str, ...] | list[str] = (),
-                 presets: dict[str, dict] | None = None) -> None:
-        table = self._plugins.entries[self._kind]
-        if name in table:
-            raise ValueError(f"{self._kind} '{name}' is already registered by plugin '{table[name].plugin}'")
-        table[name] = Entry(self._kind, name, build, config, summary, self._plugin,
-                            tuple(capabilities), tuple(requires), dict(presets or {}))
 
 
 @dataclass
@@ -139,7 +99,7 @@ class Plugins:
         for impl in hook.get_hookimpls():
             name = self.pm.get_name(impl.plugin)
             try:
-                impl.function(register=Register(self, kind, name))
+                impl.function(register=Register(self.entries[kind], kind, name))
             except Exception as exc:  # noqa: BLE001
                 self.broken[name] = f"{type(exc).__name__} while registering {_PLURAL[kind]}: {exc}"
 
@@ -163,9 +123,26 @@ class Plugins:
         raise UserError(f"unknown {kind} '{name}'{hint}; installed {_PLURAL[kind]}: {installed}.")
 
     def presets(self, entry: Entry) -> dict[str, dict]:
-        """Named presets for a backbone: registry.yaml's for catalogued ones, else the plugin's own."""
-        listed = catalogue().get(_PLURAL[entry.kind], {}).get(entry.name, {}).get("presets")
-        return dict(listed) if listed else dict(entry.presets)
+        """Named presets of a backbone, as its plugin registered them."""
+        return dict(entry.presets)
+
+
+@lru_cache(maxsize=None)
+def declarations(package: str, resource: str = "plugin.yaml") -> dict[str, dict[str, dict[str, Any]]]:
+    """A plugin's declarations file, parsed: ``{"backbones"|"adaptors"|"modalities": {name: {summary,
+    capabilities, requires, presets}}}``, read from the ``resource`` file inside ``package``. A plugin passes
+    a component's entry to ``register(name, build, config=..., **declarations(__name__)["backbones"][name])``,
+    so what it says about itself (and its presets) is declared once, as data."""
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files(package).joinpath(resource).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"'{resource}' of plugin package '{package}' must be a mapping of backbones, adaptors "
+                        f"and modalities.")
+    return data
 
 
 def _csv(value: str | None) -> list[str]:

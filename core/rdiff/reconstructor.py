@@ -10,13 +10,10 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from rdiff.adaptor import Adaptor
 
 
 @dataclass
@@ -49,7 +46,13 @@ class Reconstructor(nn.Module, ABC):
         self.config = config
         self.channels = channels
         self.registered_name = type(self).__name__  # the name it was created under (set by create_backbone)
-        object.__setattr__(self, "adaptor", None)  # set by an Adaptor; not a submodule of the base
+        self.attach(None)
+
+    def attach(self, adaptor: Any) -> None:
+        """Record the adaptor acting on this backbone (``None``: none). The adaptor is not a submodule: the
+        base saves its own weights and the adaptor its own. Only what the adaptor offers is used here, its
+        ``disabled()`` context, so this module needs nothing from :mod:`rdiff.adaptor`."""
+        object.__setattr__(self, "adaptor", adaptor)
 
     def forward(self, task: str, *args: Any, **kwargs: Any) -> Any:
         """Training entry point: ``task`` is ``"reconstruction_loss"``, ``"adaptation_loss"`` or
@@ -136,15 +139,7 @@ class Reconstructor(nn.Module, ABC):
         """Enhanced images in [0, 1], same shape as ``lq`` (H, W multiples of :attr:`size_multiple`).
         ``noise`` fixes the initial latent noise of sampling paths (tiles of one image share one field)."""
 
-    # --- capability protocols -------------------------------------------------------------------------------
-    # "lora_targets": implement lora_target_modules() -> {network name: [module names or regex]} naming the
-    #   layers a LoRA adaptor may wrap (peft target_modules) in each network of networks().
-    # "down_residuals": implement control_unet() -> the denoiser network whose down path a ControlNet-style
-    #   adaptor copies; while the adaptor is enabled and has control_residuals(sample, timestep), the
-    #   backbone adds its result (tuple of down-path skip tensors, mid tensor) to the denoiser's skip
-    #   connections and middle-block output, as diffusers' ControlNet residuals are added.
-    # "latent": has encode(x) / decode(z) and latent_shape(height, width) -> (C, h, w) of the latent of an
-    #   image that size; "sampling": enhance(path="sample") runs DDIM.
+    # what each capability promises beyond this role: rdiff.capabilities (typing.Protocol classes)
 
     # --- weights -------------------------------------------------------------------------------------------
     @abstractmethod

@@ -1,4 +1,5 @@
-"""A run directory, loaded: the backbone with its phase-1 weights, the adaptor if phase 2 ran.
+"""A run directory: its layout (the one place that knows it) and, loaded, the backbone with its phase-1
+weights and the adaptor if phase 2 ran.
 
 Layout (see docs/concepts.md)::
 
@@ -18,9 +19,57 @@ from typing import Any
 import numpy as np
 import torch
 
-from rdiff.api import create_adaptor, create_backbone, create_modality
-from rdiff.config import RunConfig, build, load_yaml
+from rdiff.checkpoints import write_bytes, write_json
+from rdiff.config import RunConfig, build, load_yaml, to_dict
 from rdiff.errors import UserError
+from rdiff.registry import create_adaptor, create_components
+
+STAGES = "stages.json"  # in RUN/reconstruct/: the phase-1 stages finished so far
+
+
+# --- the layout ------------------------------------------------------------------------------------------
+
+
+def reconstruct_dir(config: RunConfig, run_dir: str | Path) -> Path:
+    """Where a run's phase-1 weights are: its own, or those of the run it adapts (``reconstruct_from``)."""
+    return (Path(config.reconstruct_from) if config.reconstruct_from else Path(run_dir)) / "reconstruct"
+
+
+def stages_done(directory: Path) -> list[str]:
+    """The phase-1 stages finished in ``directory`` (a run's ``reconstruct/``), in training order."""
+    path = Path(directory) / STAGES
+    return list(json.loads(path.read_text())["done"]) if path.is_file() else []
+
+
+def mark_stages_done(directory: Path, done: list[str]) -> None:
+    write_json(Path(directory) / STAGES, {"done": list(done)})
+
+
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    """config.yaml: the fully resolved configuration."""
+    import yaml
+
+    write_bytes(Path(run_dir) / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode("utf-8"))
+
+
+def truncate_log(run_dir: Path, phase: str, stage: str, step: int) -> None:
+    """Drop metrics.jsonl lines written after the checkpoint we resume from (they will be written again)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    if not log.is_file():
+        return
+    keep = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if rec.get("phase") == phase and rec.get("stage") == stage and rec.get("step", 0) > step:
+            continue
+        keep.append(line)
+    log.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+# --- a run, loaded -----------------------------------------------------------------------------------------
 
 
 class Run:
@@ -54,14 +103,12 @@ class Run:
         if not config_file.is_file():
             raise UserError(f"'{directory}' is not an rdiff run directory (it has no config.yaml).")
         config = build(RunConfig, load_yaml(config_file))
-        modality = create_modality(config.modality, **config.modality_options)
-        backbone = create_backbone(config.backbone, preset=None, channels=modality.channels, **config.model)
-        source = Path(config.reconstruct_from) if config.reconstruct_from else directory
-        stages_file = source / "reconstruct" / "stages.json"
-        done = json.loads(stages_file.read_text())["done"] if stages_file.is_file() else []
+        modality, backbone = create_components(config)
+        phase1 = reconstruct_dir(config, directory)
+        done = stages_done(phase1)
         if list(done) != list(backbone.stages):
-            raise UserError(f"run '{source}' has not finished phase 1 (stages done: {', '.join(done) or 'none'}).")
-        _load(backbone, source / "reconstruct", config.backbone)
+            raise UserError(f"run '{phase1.parent}' has not finished phase 1 (stages done: {', '.join(done) or 'none'}).")
+        _load(backbone, phase1, config.backbone)
         adaptor_file = directory / "adapt" / "adaptor.safetensors"
         adapted = adaptor_file.is_file()
         if adapted:
@@ -98,16 +145,14 @@ class Run:
     def evaluate(self, *, data: str | None = None, pairs: str | None = None, crops: int | None = None,
                  paths: list[str] | None = None) -> dict[str, Any]:
         """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
-        from rdiff.data import degraded_crops, load_items, load_pair_folder
-        from rdiff.evaluation import evaluate, path_options, score
+        from rdiff.data import load_pair_folder
+        from rdiff.evaluation import evaluate, heldout_pairs, path_options, score
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
         if pairs is None:
-            split = "all" if data is not None else "heldout"
-            items = load_items(self.modality, data if data is not None else cfg.data, split,
-                               cfg.train.resize, cfg.train.image_size, cfg.train.bad_images)
-            held = degraded_crops(self.modality, items, cfg.train.image_size, crops or cfg.eval.crops, cfg.eval.seed)
+            held = heldout_pairs(self.modality, cfg, data=data, split="all" if data is not None else "heldout",
+                                 crops=crops)
             return evaluate(self.backbone, self.modality, held, default_path=cfg.eval.path,
                             sample_steps=cfg.eval.sample_steps, eta=cfg.eval.eta, seed=cfg.eval.seed,
                             device=device, paths=paths)

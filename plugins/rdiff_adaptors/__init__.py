@@ -10,22 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from rdiff import hookimpl
-
-RESIDUAL_SUMMARY = ("the paper's enhancement adaptor: GroupNorm, SiLU, 3x3 conv on the residual branch of "
-                    "each res-block (zero-initialised)")
-LORA_SUMMARY = "low-rank updates (peft LoRA) of the layers the backbone names, in its encoder and denoiser"
-CONTROLNET_SUMMARY = ("a trainable copy of the denoiser's down path feeding its skip connections through "
-                      "zero convolutions, plus residual layers in the autoencoder's encoder")
+from rdiff.plugins import declarations
 
 
 @hookimpl
 def rdiff_register_adaptors(register):
     from .config import ControlNetConfig, LoRAOptions, ResidualConfig
 
-    register("residual", build=_build_residual, config=ResidualConfig, summary=RESIDUAL_SUMMARY, requires=())
-    register("lora", build=_build_lora, config=LoRAOptions, summary=LORA_SUMMARY, requires=("lora_targets",))
-    register("controlnet", build=_build_controlnet, config=ControlNetConfig, summary=CONTROLNET_SUMMARY,
-             requires=("down_residuals",))
+    declared = declarations(__name__)["adaptors"]
+    register("residual", build=_build_residual, config=ResidualConfig, **declared["residual"])
+    register("lora", build=_build_lora, config=LoRAOptions, **declared["lora"])
+    register("controlnet", build=_build_controlnet, config=ControlNetConfig, **declared["controlnet"])
 
 
 def _build_residual(config: Any, backbone: Any):

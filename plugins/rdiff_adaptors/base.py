@@ -23,7 +23,7 @@ class DetachableAdaptor(Adaptor):
 
     def __init__(self, config: Any, backbone: Reconstructor):
         previous = getattr(backbone, "adaptor", None)
-        super().__init__(config, backbone)  # checks `requires`, then attaches itself to the backbone
+        super().__init__(config, backbone)  # attaches itself to the backbone
         if previous is not None and previous is not self and hasattr(previous, "detach"):
             previous.detach()  # leaves backbone.adaptor alone: it already names this adaptor
         try:
@@ -44,7 +44,7 @@ class DetachableAdaptor(Adaptor):
         """Remove this adaptor from its backbone; the backbone then runs exactly as its base."""
         self._remove_from_backbone()
         if getattr(self.backbone, "adaptor", None) is self:
-            object.__setattr__(self.backbone, "adaptor", None)
+            self.backbone.attach(None)
 
 
 def check_keys(adaptor: str, expected: set[str], given: set[str]) -> None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from rdiff.errors import UserError
+from rdiff.plugins import declarations
 from rdiff.reconstructor import Reconstructor
 
 from .base import DetachableAdaptor, check_keys, detached
@@ -110,7 +111,7 @@ class ControlNetAdaptor(DetachableAdaptor):
     """A ControlNet side copy of the denoiser's down path (plus residual layers in the encoder, E')."""
 
     name = "controlnet"
-    requires = frozenset({"down_residuals"})
+    requires = frozenset(declarations("rdiff_adaptors")["adaptors"]["controlnet"]["requires"])  # its plugin.yaml
 
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         self.control = ControlBranch(backbone.control_unet())

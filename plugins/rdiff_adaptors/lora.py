@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rdiff.errors import UserError
+from rdiff.plugins import declarations
 from rdiff.reconstructor import Reconstructor
 
 from .base import DetachableAdaptor, check_keys, detached
@@ -61,7 +62,7 @@ class LoRAAdaptor(DetachableAdaptor):
     """peft LoRA on the modules named by the backbone's ``lora_target_modules()`` (see the module docstring)."""
 
     name = "lora"
-    requires = frozenset({"lora_targets"})
+    requires = frozenset(declarations("rdiff_adaptors")["adaptors"]["lora"]["requires"])  # its plugin.yaml
 
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         from peft import LoraConfig, inject_adapter_in_model

@@ -18,6 +18,7 @@ from torch import nn
 
 from rdiff.errors import UserError
 from rdiff.layers import norm_layer
+from rdiff.plugins import declarations
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 from .base import DetachableAdaptor, check_keys, detached
@@ -110,7 +111,7 @@ class ResidualAdaptor(DetachableAdaptor):
     """The paper's enhancement adaptor (see the module docstring); ``requires`` nothing."""
 
     name = "residual"
-    requires = frozenset()
+    requires = frozenset(declarations("rdiff_adaptors")["adaptors"]["residual"]["requires"])  # its plugin.yaml
 
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         offered = backbone.adaptation_targets()

@@ -6,16 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from rdiff import hookimpl
-
-SUMMARY = "convolutional autoencoder, no diffusion: adapted encoder, one-shot D(E'(lq)) enhancement"
-CAPABILITIES = ("latent", "lora_targets")
+from rdiff.plugins import declarations
 
 
 @hookimpl
 def rdiff_register_backbones(register):
     from .config import CNNAEConfig
 
-    register("cnn-ae", build=_build, config=CNNAEConfig, summary=SUMMARY, capabilities=CAPABILITIES)
+    register("cnn-ae", build=_build, config=CNNAEConfig, **declarations(__name__)["backbones"]["cnn-ae"])
 
 
 def _build(config: Any, channels: int):

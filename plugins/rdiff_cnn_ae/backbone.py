@@ -21,6 +21,7 @@ from torch import nn
 
 from rdiff.layers import replace_group_norms
 from rdiff.errors import UserError
+from rdiff.plugins import declarations
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 from .model import CNNAutoencoder
@@ -65,7 +66,7 @@ def _norm_channels(norm: nn.Module) -> int:
 class CNNAE(Reconstructor):
     """A convolutional autoencoder trained to reconstruct, then adapted in its encoder (see the module doc)."""
 
-    capabilities = frozenset({"latent", "lora_targets"})
+    capabilities = frozenset(declarations("rdiff_cnn_ae")["backbones"]["cnn-ae"]["capabilities"])
     stages = ("autoencoder",)
 
     def __init__(self, config: Any, channels: int):

@@ -1,6 +1,6 @@
 """``dit``: the latent diffusion of ``ldm-unet`` with a diffusers ``DiTTransformer2DModel`` denoiser.
 
-Only the denoiser differs from :class:`rdiff_ldm_unet.latent_diffusion.LatentDiffusion`: building it,
+Only the denoiser differs from :class:`rdiff_ldm_unet.latent.LatentDiffusion`: building it,
 calling it, and naming where adaptors and LoRA may act inside it.
 """
 
@@ -15,8 +15,9 @@ from diffusers.models.embeddings import LabelEmbedding
 from einops import rearrange
 
 from rdiff import AdaptationTarget
+from rdiff.plugins import declarations
 from rdiff_dit.config import DiTConfig
-from rdiff_ldm_unet.latent_diffusion import LatentDiffusion
+from rdiff_ldm_unet.latent import LatentDiffusion
 
 
 def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
@@ -61,6 +62,7 @@ def dit_forward(dit: DiTTransformer2DModel, sample: torch.Tensor, timestep: torc
 class LDMDiT(LatentDiffusion):
     """VQ autoencoder (×4) + DiT denoiser conditioned by concatenating the condition latent."""
 
+    capabilities: ClassVar[frozenset[str]] = frozenset(declarations("rdiff_dit")["backbones"]["dit"]["capabilities"])
     size_multiple: ClassVar[int] = 8  # at the default size: autoencoder ×4, patches of 2 (set per instance)
     config: DiTConfig
     denoiser: DiTTransformer2DModel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rdiff_ldm_unet.config import LatentConfig
+from rdiff_ldm_unet.latent import LatentConfig
 
 
 @dataclass

@@ -7,16 +7,14 @@ and its heavy dependencies load only when it is built.
 from __future__ import annotations
 
 from rdiff import hookimpl
-
-SUMMARY = ("Colour fundus photographs: FOV mask robust to clipped fields, cofe-Net and corrected "
-           "degradations inside the FOV, PSNR/SSIM and vessel Dice; embedded sample skimage.data.retina().")
+from rdiff.plugins import declarations
 
 
 @hookimpl
 def rdiff_register_modalities(register):
     from rdiff_fundus.config import FundusConfig
 
-    register("fundus", build=_build, config=FundusConfig, summary=SUMMARY)
+    register("fundus", build=_build, config=FundusConfig, **declarations(__name__)["modalities"]["fundus"])
 
 
 def _build(config):

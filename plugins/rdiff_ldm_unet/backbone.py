@@ -10,6 +10,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 
 from rdiff import AdaptationTarget
+from rdiff.plugins import declarations
 from rdiff_ldm_unet.config import LDMConfig
 from rdiff_ldm_unet.latent_diffusion import LatentDiffusion
 from rdiff_ldm_unet.unet import build_unet, unet_forward
@@ -21,7 +22,7 @@ _UNET_GROUPS = {"down_blocks": "denoiser_down", "mid_block": "denoiser_mid", "up
 class LDMUNet(LatentDiffusion):
     """VQ autoencoder (×4) + UNet denoiser conditioned by concatenating the condition latent."""
 
-    capabilities: ClassVar[frozenset[str]] = LatentDiffusion.capabilities | {"down_residuals"}
+    capabilities: ClassVar[frozenset[str]] = frozenset(declarations("rdiff_ldm_unet")["backbones"]["ldm-unet"]["capabilities"])
     size_multiple: ClassVar[int] = 32  # at the paper's size: autoencoder ×4, UNet ×8 (set per instance)
     config: LDMConfig
     denoiser: UNet2DModel

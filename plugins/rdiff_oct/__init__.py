@@ -6,16 +6,14 @@ Light on import: the simulator, the phantoms and the metrics load only when the 
 from __future__ import annotations
 
 from rdiff import hookimpl
-
-SUMMARY = ("Retinal OCT B-scans (1 channel): seeded layered phantoms with vessel shadows; speckle, low signal, "
-           "noise, depth fall-off, blur and A-scan motion; PSNR, SSIM and no-reference SNR, CNR, ENL; .npy volumes.")
+from rdiff.plugins import declarations
 
 
 @hookimpl
 def rdiff_register_modalities(register):
     from rdiff_oct.config import OctConfig
 
-    register("oct", build=_build, config=OctConfig, summary=SUMMARY)
+    register("oct", build=_build, config=OctConfig, **declarations(__name__)["modalities"]["oct"])
 
 
 def _build(config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rdiff.config import check_mix
 from rdiff.errors import UserError
 
 DEGRADATIONS = ("speckle", "noise", "low_signal", "falloff", "blur", "motion")
@@ -49,7 +50,7 @@ class OctDegradationConfig:
         for key, (ok, rule) in limits.items():
             if not ok:
                 raise UserError(f"config key 'degradation.{key}' must be {rule}, not {getattr(self, key)}.")
-        _check_mix(self.mix_probability, DEGRADATIONS)
+        check_mix(self.mix_probability, DEGRADATIONS)
 
 
 @dataclass
@@ -66,12 +67,3 @@ class OctConfig:
         for key, smallest in (("phantom_height", 32), ("phantom_width", 32), ("train_images", 1), ("heldout_images", 1)):
             if getattr(self, key) < smallest:
                 raise UserError(f"config key '{key}' must be at least {smallest}, not {getattr(self, key)}.")
-
-
-def _check_mix(probabilities: dict[str, float], kinds: tuple[str, ...]) -> None:
-    for kind, chance in probabilities.items():
-        if kind not in kinds:
-            raise UserError(f"config key 'degradation.mix_probability.{kind}' names no degradation; "
-                            f"choose from {', '.join(kinds)}.")
-        if not 0 <= chance <= 1:
-            raise UserError(f"config key 'degradation.mix_probability.{kind}' must be a probability, not {chance}.")

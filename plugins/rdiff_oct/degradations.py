@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from rdiff.modality import choose_degradations
 from rdiff_oct.config import DEGRADATIONS, OctDegradationConfig
 
 REFERENCE_DEPTH_PX = 256  # fall-off is given per this many px, so crops and full scans agree
@@ -85,17 +86,9 @@ def _integer(rng: np.random.Generator, bounds: list[int]) -> int:
     return int(rng.integers(int(bounds[0]), int(bounds[1]) + 1))
 
 
-def choose_types(config: OctDegradationConfig, rng: np.random.Generator) -> list[str]:
-    """The degradations applied to one image: the named one alone, or a draw from the default mix."""
-    if config.name != "default":
-        return [config.name]
-    chosen = [kind for kind in DEGRADATIONS if rng.random() < config.mix_probability.get(kind, 0.0)]
-    return chosen or ["speckle"]
-
-
 def degrade_bscan(image: np.ndarray, config: OctDegradationConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     """Degrade one display-valued B-scan (``H×W``) and return it with the sampled parameters."""
-    types = choose_types(config, rng)
+    types = choose_degradations(config.name, config.mix_probability, DEGRADATIONS, rng, fallback="speckle")
     # outside the default mix every degradation runs at full strength
     strength = config.mix_strength if config.name == "default" else 1.0
     params: dict[str, Any] = {"types": types, "dynamic_range_db": float(config.dynamic_range_db)}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from rdiff import Modality, UserError
-from rdiff.images import SUFFIXES, read_image, temp_beside, write_image
+from rdiff.images import SUFFIXES, atomic_file, read_image, write_image
 from rdiff_oct.config import OctConfig
 from rdiff_oct.degradations import degrade_bscan
 from rdiff_oct.phantom import bscan_phantom
@@ -87,14 +86,8 @@ class Oct(Modality):
             volume = np.clip(np.round(volume), info.min, info.max)
         data = volume[0] if single else volume
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_beside(path, ".npy")
-        try:
-            with os.fdopen(fd, "wb") as handle:  # a file object: np.save appends no second suffix
-                np.save(handle, data.astype(dtype))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path, ".npy") as tmp, open(tmp, "wb") as handle:
+            np.save(handle, data.astype(dtype))  # a file object: np.save appends no second suffix
         return path
 
     # --- degradation ----------------------------------------------------------------------------------

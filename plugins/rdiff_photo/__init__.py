@@ -7,16 +7,14 @@ import: scikit-image, the simulator and the metrics load only when the modality 
 from __future__ import annotations
 
 from rdiff import hookimpl
-
-SUMMARY = ("Natural RGB photographs from scikit-image: low light, colour cast, Poisson-Gaussian noise, "
-           "blur and JPEG; PSNR, SSIM and CIEDE2000 colour difference.")
+from rdiff.plugins import declarations
 
 
 @hookimpl
 def rdiff_register_modalities(register):
     from rdiff_photo.config import PhotoConfig
 
-    register("photo", build=_build, config=PhotoConfig, summary=SUMMARY)
+    register("photo", build=_build, config=PhotoConfig, **declarations(__name__)["modalities"]["photo"])
 
 
 def _build(config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rdiff.config import check_mix
 from rdiff.errors import UserError
 
 DEGRADATIONS = ("lowlight", "color", "noise", "blur", "jpeg")
@@ -43,12 +44,7 @@ class PhotoDegradationConfig:
         for key, (ok, rule) in checks.items():
             if not ok:
                 raise UserError(f"config key 'degradation.{key}' must be {rule}, not {getattr(self, key)}.")
-        for kind, chance in self.mix_probability.items():
-            if kind not in DEGRADATIONS:
-                raise UserError(f"config key 'degradation.mix_probability.{kind}' names no degradation; "
-                                f"choose from {', '.join(DEGRADATIONS)}.")
-            if not 0 <= chance <= 1:
-                raise UserError(f"config key 'degradation.mix_probability.{kind}' must be a probability, not {chance}.")
+        check_mix(self.mix_probability, DEGRADATIONS)
 
 
 @dataclass

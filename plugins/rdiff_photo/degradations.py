@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, signal
 
+from rdiff.modality import choose_degradations
 from rdiff_photo.config import DEGRADATIONS, PhotoDegradationConfig
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights of linear R, G, B
@@ -72,17 +73,9 @@ def _uniform(rng: np.random.Generator, bounds: list[float]) -> float:
     return float(rng.uniform(low, high)) if high > low else low
 
 
-def choose_types(config: PhotoDegradationConfig, rng: np.random.Generator) -> list[str]:
-    """The degradations applied to one image: the named one alone, or a draw from the default mix."""
-    if config.name != "default":
-        return [config.name]
-    chosen = [kind for kind in DEGRADATIONS if rng.random() < config.mix_probability.get(kind, 0.0)]
-    return chosen or ["lowlight"]
-
-
 def degrade_photo(image: np.ndarray, config: PhotoDegradationConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     """Degrade one ``H×W×3`` sRGB image in [0, 1]; returns it (float32) and the sampled parameters."""
-    types = choose_types(config, rng)
+    types = choose_degradations(config.name, config.mix_probability, DEGRADATIONS, rng, fallback="lowlight")
     # the default mix keeps noise, blur and JPEG mild; a named degradation runs at full strength
     strength = config.mix_strength if config.name == "default" else 1.0
     params: dict[str, Any] = {"types": types}

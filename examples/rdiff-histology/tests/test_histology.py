@@ -71,9 +71,10 @@ def test_bad_options_are_refused_in_one_sentence():
 @pytest.mark.slow
 def test_trains_end_to_end_with_a_built_in_backbone(tmp_path):
     """``rdiff train`` with the plugin's modality and the built-in cnn-ae backbone, a handful of steps."""
-    out = tmp_path / "run"
+    out, log = tmp_path / "run", tmp_path / "runs.jsonl"
     command = [sys.executable, "-m", "rdiff", "train", "--backbone", "cnn-ae", "--modality", "histology",
-               "--preset", "tiny", "--out", str(out), "--set", "train.steps={autoencoder: 4}",
+               "--preset", "tiny", "--out", str(out), "--histology-log", str(log),
+               "--set", "train.steps={autoencoder: 4}",
                "--set", "train.adapt_steps=2", "--set", "train.batch_size=4", "--set", "eval.crops=4"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -82,3 +83,22 @@ def test_trains_end_to_end_with_a_built_in_backbone(tmp_path):
     assert report["modality"] == "histology"
     assert {"psnr", "ssim", "stain_error"} <= set(report["eval"]["enhanced"])
     assert (out / "adapt" / "adaptor.safetensors").is_file()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # the plugin's observers wrote it
+    assert len(lines) == 1 and lines[0]["run"] == str(out) and lines[0]["enhanced"] == report["eval"]["enhanced"]
+
+
+def test_the_log_option_is_added_to_training_commands_and_refused_for_other_modalities(tmp_path):
+    from types import SimpleNamespace
+
+    import rdiff_histology
+    from rdiff.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--modality", "histology", "--histology-log", str(tmp_path / "l")])
+    assert args.histology_log == str(tmp_path / "l")
+    with pytest.raises(SystemExit):  # not an option of commands that train nothing
+        build_parser().parse_args(["evaluate", "--run", "r", "--histology-log", "l"])
+    with pytest.raises(rdiff.UserError, match="histology runs only"):
+        rdiff_histology.rdiff_run_started(run_dir=tmp_path, config=SimpleNamespace(modality="fundus"), cli_args=args)
+    rdiff_histology.rdiff_run_started(run_dir=tmp_path, config=SimpleNamespace(modality="histology"), cli_args=None)
+    rdiff_histology.rdiff_run_finished(run_dir=tmp_path, report={})  # no option given: nothing is written
+    assert not (tmp_path / "l").exists()

@@ -2,11 +2,21 @@
 
 This module is what the ``rdiff`` entry point names, so rdiff imports it at start-up: it stays light (no
 numpy, no torch). The modality and its dependencies load only when ``build`` is called.
+
+Besides the modality, it shows how a plugin adds a command-line option and observes runs: ``rdiff train
+--modality histology --histology-log FILE`` appends one JSON line per finished run to ``FILE`` (a lab
+notebook across runs). The option is added by :func:`rdiff_add_cli_options`, its value reaches the plugin
+through :func:`rdiff_run_started` and the line is written by :func:`rdiff_run_finished`.
 """
 
 from __future__ import annotations
 
-from rdiff import hookimpl
+import json
+
+from rdiff import UserError, hookimpl
+
+LOGGED_COMMANDS = ("train", "reconstruct", "adapt")
+_logs: dict[str, str] = {}  # run directory -> the --histology-log file of that run
 
 SUMMARY = ("Stained tissue slides (RGB): embedded immunohistochemistry sample from scikit-image; stain variation, "
            "defocus, sensor noise and JPEG; PSNR, SSIM and stain-density error.")
@@ -23,3 +33,33 @@ def _build(config):
     from rdiff_histology.modality import Histology
 
     return Histology(config)
+
+
+@hookimpl
+def rdiff_add_cli_options(command, parser):
+    if command in LOGGED_COMMANDS:
+        parser.add_argument("--histology-log", metavar="FILE",
+                            help="(rdiff-histology) append one JSON line per finished histology run to FILE: "
+                                 "the run directory, backbone, adaptor and held-out scores")
+
+
+@hookimpl
+def rdiff_run_started(run_dir, config, cli_args):
+    path = getattr(cli_args, "histology_log", None)
+    if not path:
+        return
+    if config.modality != "histology":
+        raise UserError(f"--histology-log applies to histology runs only; this run's modality is "
+                        f"'{config.modality}'.")
+    _logs[str(run_dir)] = path
+
+
+@hookimpl
+def rdiff_run_finished(run_dir, report):
+    path = _logs.pop(str(run_dir), None)
+    if path is None:
+        return
+    line = {"run": str(run_dir), "backbone": report["backbone"], "adaptor": report["adaptor"],
+            "preset": report["preset"], "enhanced": report.get("eval", {}).get("enhanced", {})}
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(line) + "\n")

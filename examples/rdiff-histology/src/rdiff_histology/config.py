@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rdiff import UserError
+from rdiff.config import check_mix
 
 DEGRADATIONS = ("stain", "defocus", "noise", "jpeg")
 
@@ -40,12 +41,7 @@ class HistologyDegradationConfig:
         if not 0 <= self.stain_scale < 1 or self.stain_shift < 0:
             raise UserError("config keys 'degradation.stain_scale' (in [0, 1)) and 'degradation.stain_shift' "
                             f"(0 or more) are out of range: {self.stain_scale}, {self.stain_shift}.")
-        for kind, chance in self.mix_probability.items():
-            if kind not in DEGRADATIONS:
-                raise UserError(f"config key 'degradation.mix_probability.{kind}' names no degradation; "
-                                f"choose from {', '.join(DEGRADATIONS)}.")
-            if not 0 <= chance <= 1:
-                raise UserError(f"config key 'degradation.mix_probability.{kind}' must be a probability, not {chance}.")
+        check_mix(self.mix_probability, DEGRADATIONS)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from rdiff.modality import choose_degradations
 from rdiff_histology.config import DEGRADATIONS, HistologyDegradationConfig
 from rdiff_histology.stains import to_rgb, to_stains
 
@@ -19,11 +20,7 @@ from rdiff_histology.stains import to_rgb, to_stains
 def degrade_slide(image: np.ndarray, config: HistologyDegradationConfig,
                   rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     """A degraded copy of an ``H×W×3`` image in [0, 1] and the parameters used (with their ``types``)."""
-    if config.name == "default":
-        chosen = [kind for kind in DEGRADATIONS if rng.random() < config.mix_probability.get(kind, 0.0)]
-        chosen = chosen or ["stain"]
-    else:
-        chosen = [config.name]
+    chosen = choose_degradations(config.name, config.mix_probability, DEGRADATIONS, rng, fallback="stain")
     out = image.astype(np.float32, copy=True)
     params: dict[str, Any] = {"types": chosen}
     for kind in DEGRADATIONS:  # a fixed order, whatever the draw: staining, focus, sensor, compression

@@ -10,7 +10,7 @@ modality with :func:`rdiff.evaluation.score`. Methods (the ``method`` of a row):
   (``skimage.exposure.equalize_adapthist``), inside the region of interest;
 - ``reconstruct-only``: the phase-1 model with no adaptation (zero pairs);
 - ``scratch``: the same backbone from random initialisation, every parameter trained on the same pairs
-  with its ``supervised_loss`` and the adaptation budget (:meth:`rdiff.engine.Engine.scratch`);
+  with its ``supervised_loss`` and the adaptation budget (``BenchEngine.scratch`` in this module);
 - ``adapted``: the phase-1 model with the adaptor trained on the pairs.
 
 Output in ``--out DIR``: ``results.json`` (``{"settings": ..., "rows": [...]}``, one row per method ×
@@ -124,7 +124,7 @@ def run_config(settings: Settings, backbone: str, modality: str, seed: int, adap
                pairs: int | None = None, scratch: bool = False) -> Any:
     """The resolved configuration of one run: the preset, the bench's budget, then ``--set`` on top (and
     ``--scratch-lr`` on top of that for a from-scratch run)."""
-    from rdiff.cli import resolve_config
+    from rdiff.registry import resolve_config
 
     names = {"backbone": backbone, "modality": modality, "preset": settings.preset, "seed": seed,
              "adaptor": adaptor or settings.adaptors[0]}
@@ -324,15 +324,12 @@ class Bench:
     # -- held-out data ------------------------------------------------------------------------------------
     def heldout(self, config: Any, modality: Any) -> list:
         """The fixed held-out crops of a configuration, exactly as Engine.evaluate makes them."""
-        from rdiff.data import degraded_crops, load_items
+        from rdiff.evaluation import heldout_pairs
 
         key = json.dumps([config.modality, config.modality_options, config.data, config.train.resize,
                           config.train.image_size, config.eval.crops, config.eval.seed], sort_keys=True, default=str)
         if key not in self._heldout:
-            items = load_items(modality, config.data, "heldout", config.train.resize, config.train.image_size,
-                               config.train.bad_images)
-            self._heldout[key] = degraded_crops(modality, items, config.train.image_size, config.eval.crops,
-                                                config.eval.seed)
+            self._heldout[key] = heldout_pairs(modality, config)
         return self._heldout[key]
 
     # -- the four kinds of unit ---------------------------------------------------------------------------
@@ -340,7 +337,7 @@ class Bench:
         import numpy as np
         import torch
 
-        from rdiff.api import create_modality
+        from rdiff.registry import create_modality
         from rdiff.evaluation import score
 
         config = unit.config
@@ -356,16 +353,20 @@ class Bench:
         return {"scores": scores, "crops": len(pairs), "time_s": round(time.perf_counter() - started, 2)}
 
     def _reconstruct(self, unit: Unit, run_dir: Path) -> dict[str, Any]:
+        from rdiff.report import parameter_counts
+
         engine = make_engine(_with_out(unit.config, run_dir), run_dir)
         engine.save_config()
         engine.reconstruct()
         result = self._evaluate(unit, engine, sampling=False, typed=True)
         engine.write_report(self._report_eval(unit, result), None)
-        counts = engine.parameter_counts()
+        counts = parameter_counts(engine.backbone, unit.config.train.train_base)
         return {**result, "trainable": 0, "total": counts["base"], "steps": 0,
                 "reconstruct_steps": dict(unit.config.train.steps), "time_s": engine.times.get("reconstruct", 0.0)}
 
     def _adapt(self, unit: Unit, run_dir: Path) -> dict[str, Any]:
+        from rdiff.report import parameter_counts
+
         parent_dir = self.results[unit.parent.key]["run_dir"]
         config = replace(_with_out(unit.config, run_dir), reconstruct_from=str(Path(parent_dir).resolve()))
         engine = make_engine(config, run_dir)
@@ -374,7 +375,7 @@ class Bench:
         info = engine.adapt()
         result = self._evaluate(unit, engine, sampling=unit.headline, typed=unit.headline)
         engine.write_report(self._report_eval(unit, result), info)
-        counts = engine.parameter_counts()
+        counts = parameter_counts(engine.backbone, config.train.train_base)
         return {**result, "trainable": counts["trainable"], "total": counts["total"],
                 "steps": config.train.adapt_steps, "best_step": info["best_step"],
                 "curve": validation_curve(run_dir, "adapt"), "time_s": engine.times.get("adapt", 0.0)}
@@ -453,16 +454,64 @@ class Bench:
 
 @lru_cache(maxsize=1)
 def _engine_class() -> type:
-    from rdiff.engine import Engine  # torch: imported when the bench runs, not when the CLI starts
+    import torch
+
+    from rdiff.checkpoints import write_json
+    from rdiff.data import PairCrops
+    from rdiff.engine import Engine  # torch: when the bench runs, not at start-up
+    from rdiff.training import BestSoFar, Fit, stable_seed
+    from rdiff import evaluation  # validation_psnr through its module, so that tests can replace it
+    from rdiff.evaluation import path_options
 
     class BenchEngine(Engine):
-        """The engine, with the degradation parameters left off its validation crops: validation needs only
+        """The engine, with the degradation parameters left off its validation crops (validation needs only
         the overall PSNR, and :func:`rdiff.evaluation.score` would also score each crop once per
-        degradation type it carries (several times the cost, paid at every validation)."""
+        degradation type it carries: several times the cost, paid at every validation), and the
+        from-scratch baseline (:meth:`scratch`)."""
 
         def pairs(self) -> tuple[list, list]:
             train_pairs, val_pairs = super().pairs()
             return train_pairs, [replace(p, params={}) for p in val_pairs]
+
+        # --- baseline: the same backbone trained from scratch on the pairs -----------------------------------
+        def scratch(self) -> dict[str, Any]:
+            """The from-scratch baseline of phase 2: every parameter of this backbone (random initialisation:
+            no phase 1 loaded) trains on the same pairs with its ``supervised_loss`` and the phase-2 budget
+            (``train.adapt_steps``, ``train.adapt_lr``); the best by validation PSNR is kept and saved to
+            ``scratch/``. Metrics are logged under the phase ``scratch``."""
+            cfg, train = self.config, self.config.train
+            started = time.perf_counter()
+            train_pairs, val_pairs = self.pairs()  # the pairs adapt() gets with the same seed
+            val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
+            best = BestSoFar()
+
+            def validate(step: int) -> dict[str, float]:
+                psnr = evaluation.validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device,
+                                                  cfg.eval.seed)
+                best.offer(psnr, step, self.backbone.state_dict)
+                return {"val_psnr": round(psnr, 4), "best_step": best.step}
+
+            def restore(tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+                self.backbone.load_state_dict(tensors["model"])
+                best.load_from(tensors)
+
+            length = train.adapt_steps * train.grad_accum * train.adapt_batch_size * self.accelerator.num_processes
+            self.fit(Fit(phase="scratch", stage="scratch", params=list(self.backbone.parameters()),
+                          dataset=PairCrops(train_pairs, train.image_size, length, stable_seed(cfg.seed, "adapt")),
+                          steps=train.adapt_steps, lr=train.adapt_lr, batch_size=train.adapt_batch_size,
+                          loss=lambda model, b: model("supervised_loss", b["lq"], b["hq"], b["roi"]),
+                          weights=lambda: best.save_into({"model": self.backbone.state_dict()}), restore=restore,
+                          validate=validate, val_every=train.val_every))
+            if best.weights is not None:
+                self.backbone.load_state_dict(best.weights)
+            self.say(f"kept the scratch model of step {best.step} (validation PSNR {best.psnr:.2f} dB)")
+            if self.is_main:
+                self.backbone.save(self.run_dir / "scratch")
+                write_json(self.run_dir / "scratch" / "scratch.json", {"best_step": best.step, "val_psnr": best.psnr})
+            self.accelerator.wait_for_everyone()
+            self.times["scratch"] = round(time.perf_counter() - started, 1)
+            return {"best_step": best.step, "val_psnr": round(best.psnr, 4), "pairs": len(train_pairs),
+                    "val_crops": len(val_pairs)}
 
     return BenchEngine
 
@@ -552,7 +601,7 @@ def measure_step_times(config: Any, channels: int) -> StepTimes:
     """Time one step of everything a cell trains (after one warm-up step) on a throw-away backbone."""
     import torch
 
-    from rdiff.api import create_adaptor, create_backbone
+    from rdiff.registry import create_adaptor, create_backbone
     from rdiff.evaluation import path_options
 
     torch.manual_seed(0)
@@ -619,9 +668,9 @@ def measure_modality(bench: Bench, config: Any) -> ModalityTimes:
     """Time scoring 8 held-out crops (both ways) and one run's data set-up."""
     import torch
 
-    from rdiff.api import create_modality
+    from rdiff.registry import create_modality
     from rdiff.data import degraded_crops, load_items
-    from rdiff.engine import stable_seed
+    from rdiff.training import stable_seed
     from rdiff.evaluation import score
 
     modality = create_modality(config.modality, **config.modality_options)
@@ -639,7 +688,7 @@ def measure_modality(bench: Bench, config: Any) -> ModalityTimes:
 
 def estimate_costs(bench: Bench, units: list[Unit]) -> None:
     """Set each unit's ``estimate`` (seconds) from step and scoring times measured now, on this machine."""
-    from rdiff.api import create_modality
+    from rdiff.registry import create_modality
 
     times: dict[str, StepTimes | None] = {}
     data: dict[str, ModalityTimes | None] = {}
@@ -868,7 +917,7 @@ def _or_preset(value: int | None) -> str:
 
 def _preset_steps(unit: Unit) -> int:
     """The most steps any phase-1 stage trains in the unit's preset (what the bench's budget replaces)."""
-    from rdiff.api import get_preset
+    from rdiff.registry import get_preset
 
     steps = get_preset(unit.backbone, unit.config.preset).get("train", {}).get("steps") or {}
     return max(steps.values(), default=0)
@@ -1144,9 +1193,20 @@ def _budget(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'preset', got '{text}'") from None
 
 
+def require_matplotlib() -> None:
+    """Stop before any training when the plots could not be drawn at the end (matplotlib is an extra)."""
+    from importlib.util import find_spec
+
+    if find_spec("matplotlib") is None:
+        raise UserError("rdiff bench draws its plots with matplotlib, which is not installed; "
+                        "install it with `pip install rdiff[bench]`.")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Exit code 0 when every row has figures, 1 when some failed (everything else is still written)."""
     bench = Bench(settings_from_args(args))
+    if not bench.settings.dry_run:
+        require_matplotlib()
     report = bench.run()
     if bench.settings.dry_run:
         return 0

@@ -1,0 +1,103 @@
+"""The component registry, timm-style: create components by name, list them, their presets, and the
+resolution of a run's configuration onto a backbone's preset.
+
+cli, engine and run import this module; it imports none of them (tests/test_layout.py checks)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rdiff.config import RunConfig, build, merge, to_dict
+from rdiff.errors import UserError, did_you_mean
+from rdiff.plugins import plugins
+
+if TYPE_CHECKING:
+    from rdiff.adaptor import Adaptor
+    from rdiff.modality import Modality
+    from rdiff.reconstructor import Reconstructor
+
+
+def list_backbones() -> list[str]:
+    return sorted(plugins().entries["backbone"])
+
+
+def list_adaptors() -> list[str]:
+    return sorted(plugins().entries["adaptor"])
+
+
+def list_modalities() -> list[str]:
+    return sorted(plugins().entries["modality"])
+
+
+def get_preset(backbone: str, name: str) -> dict[str, Any]:
+    """The named preset of a backbone: a partial run configuration (``model``, ``train``, ``eval``)."""
+    entry = plugins().get("backbone", backbone)
+    presets = plugins().presets(entry)
+    if name not in presets:
+        raise UserError(f"backbone '{backbone}' has no preset '{name}'{did_you_mean(name, presets)}; "
+                        f"presets: {', '.join(presets) or 'none'}.")
+    return presets[name] or {}
+
+
+def _config(entry, values: dict[str, Any], where: str) -> Any:
+    if entry.config is None:
+        if values:
+            raise UserError(f"{entry.kind} '{entry.name}' takes no options, got '{where}.{next(iter(values))}'.")
+        return None
+    return build(entry.config, values, where)
+
+
+def create_backbone(name: str, preset: str | None = "tiny", channels: int = 3, **overrides: Any) -> Reconstructor:
+    """A backbone built from a preset's ``model`` section with ``overrides`` on top.
+
+    >>> rdiff.create_backbone("ldm-unet", preset="paper")  # doctest: +SKIP
+    """
+    entry = plugins().get("backbone", name)
+    values = merge(get_preset(name, preset).get("model", {}) if preset else {}, overrides)
+    backbone = entry.build(_config(entry, values, "model"), channels)
+    backbone.registered_name = name
+    return backbone
+
+
+def create_adaptor(name: str, backbone: Reconstructor, **overrides: Any) -> Adaptor:
+    """An adaptor attached to (and only to) ``backbone``, whose own parameters are frozen."""
+    from rdiff.adaptor import check_requires  # torch: loaded by now, since the backbone exists
+
+    entry = plugins().get("adaptor", name)
+    check_requires(name, entry.requires, backbone)
+    backbone.requires_grad_(False)
+    return entry.build(_config(entry, overrides, "adaptor_options"), backbone)
+
+
+def create_modality(name: str, **overrides: Any) -> Modality:
+    entry = plugins().get("modality", name)
+    return entry.build(_config(entry, overrides, "modality_options"))
+
+
+def resolve_config(layers: list[dict[str, Any]]) -> Any:
+    """Merge configuration layers onto the chosen backbone's preset and check every key.
+
+    The plugin sections (model, adaptor_options, modality_options) are validated against the dataclass
+    each plugin registered and stored fully resolved, so config.yaml says everything that was used."""
+    top: dict[str, Any] = {}
+    for layer in layers:
+        top = merge(top, layer)
+    chosen = build(RunConfig, {k: v for k, v in top.items() if k in ("backbone", "preset")})
+    config = build(RunConfig, merge(get_preset(chosen.backbone, chosen.preset), top))
+    for kind, name, section in (("backbone", config.backbone, "model"), ("adaptor", config.adaptor, "adaptor_options"),
+                                ("modality", config.modality, "modality_options")):
+        entry = plugins().get(kind, name)
+        values = getattr(config, section)
+        if entry.config is not None:
+            setattr(config, section, to_dict(build(entry.config, values, section)))
+        elif values:
+            raise UserError(f"{kind} '{name}' takes no options, got '{section}.{next(iter(values))}'.")
+    return config
+
+
+def create_components(config: Any) -> tuple[Modality, Reconstructor]:
+    """The modality and the (untrained) backbone of a resolved run configuration: the one place a run's
+    components are assembled, for training (engine) and for loading (run)."""
+    modality = create_modality(config.modality, **config.modality_options)
+    backbone = create_backbone(config.backbone, preset=None, channels=modality.channels, **config.model)
+    return modality, backbone

@@ -1,0 +1,69 @@
+"""report.json: what a finished run reports (held-out evaluation, parameter counts, times), and the table
+the CLI prints from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def parameter_counts(backbone: Any, train_base: bool) -> dict[str, int]:
+    """``total`` (base and adaptor), ``trainable`` (what phase 2 trains) and ``base`` parameters."""
+    total = sum(p.numel() for p in backbone.parameters())
+    adaptor = backbone.adaptor
+    adaptor_params = adaptor.trainable_parameters() if adaptor is not None else []
+    inside = {id(p) for p in backbone.parameters()}
+    extra = sum(p.numel() for p in adaptor_params if id(p) not in inside)  # LoRA lives inside the base
+    trainable = sum(p.numel() for p in adaptor_params)
+    if train_base:
+        trainable += sum(p.numel() for p in backbone.finetune_parameters())
+    return {"total": total + extra, "trainable": trainable, "base": total}
+
+
+def build_report(cfg: Any, backbone: Any, evaluation: dict[str, Any] | None, adapt_info: dict[str, Any] | None,
+                 times: dict[str, float]) -> dict[str, Any]:
+    """The content of report.json for a run of configuration ``cfg``."""
+    report = {
+        "backbone": cfg.backbone, "modality": cfg.modality,
+        "adaptor": cfg.adaptor if backbone.adaptor is not None else None, "preset": cfg.preset,
+        "params": parameter_counts(backbone, cfg.train.train_base),
+        "eval": evaluation or {},
+        "time_s": {"reconstruct": times.get("reconstruct", 0.0), "adapt": times.get("adapt", 0.0),
+                   "evaluate": times.get("evaluate", 0.0)},
+    }
+    if adapt_info:
+        report["adapt"] = adapt_info
+    if cfg.reconstruct_from:
+        report["reconstruct_from"] = cfg.reconstruct_from
+    return report
+
+
+def adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:
+    """Trainable vs total parameters of ``adaptor`` on every compatible backbone's tiny preset."""
+    from rdiff.registry import create_adaptor, create_backbone, list_backbones
+    from rdiff.plugins import plugins
+
+    out = {}
+    for name in list_backbones():
+        entry = plugins().get("backbone", name)
+        if not set(plugins().get("adaptor", adaptor).requires) <= set(entry.capabilities):
+            continue
+        backbone = create_backbone(name, preset="tiny")
+        create_adaptor(adaptor, backbone)
+        counts = parameter_counts(backbone, train_base=False)
+        out[f"{name}:tiny"] = {"trainable": counts["trainable"], "total": counts["total"]}
+    return out
+
+
+def format_eval_table(ev: dict[str, Any]) -> str:
+    rows = [("input (degraded)", ev.get("input", {}))]
+    if "reconstruct_only" in ev:
+        rows.append(("reconstruct-only fast", ev["reconstruct_only"]))
+    rows += [(f"{'adapted ' if 'reconstruct_only' in ev else ''}{name}{' *' if name == ev.get('default_path') else ''}", m)
+             for name, m in ev.get("paths", {}).items()]
+    keys = [k for k in rows[0][1] if k != "by_type"]
+    lines = [f"{'':<26}" + "".join(f"{k:>12}" for k in keys)]
+    for label, metrics in rows:
+        lines.append(f"{label:<26}" + "".join(f"{metrics.get(k, float('nan')):>12.4f}" for k in keys))
+    count = ev.get("crops", ev.get("images"))
+    lines.append(f"(* default path; {count} held-out {'crops' if 'crops' in ev else 'images'}; scored inside the region of interest)")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""What the training loop of :mod:`rdiff.engine` works with: one phase's description (:class:`Fit`), the
+module DDP wraps, the best weights kept across validations, seeds, and the EMA swap."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class TrainingModule(nn.Module):
+    """Backbone and adaptor under one module, so DDP sees (and synchronises) every trainable parameter."""
+
+    def __init__(self, backbone: nn.Module, adaptor: nn.Module | None):
+        super().__init__()
+        self.backbone = backbone
+        self.adaptor = adaptor
+
+    def forward(self, task: str, *args: Any, **kwargs: Any) -> Any:
+        return self.backbone(task, *args, **kwargs)
+
+
+@dataclass
+class Fit:
+    """What one call of the training loop needs to know about its phase."""
+
+    phase: str  # "reconstruct" or "adapt"
+    stage: str  # backbone stage, or "adapt"
+    params: list[nn.Parameter]
+    dataset: Any
+    steps: int
+    lr: float
+    batch_size: int
+    loss: Callable[[nn.Module, dict[str, torch.Tensor]], Any]
+    weights: Callable[[], dict[str, dict[str, torch.Tensor]]]  # what a checkpoint saves
+    restore: Callable[[dict[str, dict[str, torch.Tensor]]], None]  # and how it comes back
+    validate: Callable[[int], dict[str, float]] | None = None  # called every val_every steps and at the end
+    val_every: int = 0
+
+
+@dataclass
+class BestSoFar:
+    """The best validation of a phase-2 run and its weights. It travels in every checkpoint, so a resumed
+    run still keeps the best step rather than the last."""
+
+    psnr: float = -math.inf
+    step: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, psnr: float, step: int, weights: Callable[[], dict[str, torch.Tensor]]) -> None:
+        if psnr > self.psnr:
+            self.psnr, self.step = psnr, step
+            self.weights = {k: v.detach().cpu().clone() for k, v in weights().items()}
+
+    def save_into(self, tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+        if self.weights is not None:
+            tensors["best"] = self.weights
+            tensors["best_meta"] = {"psnr": torch.tensor(self.psnr), "step": torch.tensor(self.step)}
+        return tensors
+
+    def load_from(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        if "best" in tensors:
+            self.weights = tensors["best"]
+            self.psnr = float(tensors["best_meta"]["psnr"])
+            self.step = int(tensors["best_meta"]["step"])
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from any values (Python's hash() changes between processes)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def ema_weights(ema: Any, params: list[nn.Parameter]) -> Any:
+    """A context in which ``params`` hold their EMA weights (nothing changes when ``ema`` is None)."""
+
+    @contextmanager
+    def swapped():
+        if ema is None:
+            yield
+            return
+        ema.store(params)
+        ema.copy_to(params)
+        try:
+            yield
+        finally:
+            ema.restore(params)
+    return swapped()
+
+
+def lr_factor(train: Any, steps: int, step: int) -> float:
+    """The learning rate's multiplier at ``step`` of a stage of ``steps`` (``train`` a TrainConfig): linear
+    warm-up, then constant or a cosine decay to zero."""
+    warmup = max(train.warmup_steps, 0)
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if train.lr_schedule == "cosine" and steps > warmup:
+        factor *= 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / (steps - warmup))))
+    return factor
