@@ -149,8 +149,15 @@ def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command)
         if entry.name == "checkpoint":
             continue
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target / "reconstruct" / entry.name)
-    shutil.copy2(run_dir / "config.yaml", target / "config.yaml")
+    # the configuration without this machine's paths: an adapted run takes its data from the user
+    from rdiff.config import load_yaml
+    import yaml
+
+    config = load_yaml(run_dir / "config.yaml")
+    config.update(data=None, pairs=None, out=None, reconstruct_from=None)
+    (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (target / "split.json").write_text(json.dumps(split, indent=1))
+    (target / "ceiling.json").write_text(json.dumps(ceiling, indent=1))
     size = sum(p.stat().st_size for p in target.rglob("*.safetensors"))
     shown = " ".join(["python", "tools/pretrain.py", "--backbone", args.backbone, "--modality", args.modality,
                       "--preset", args.preset, "--data", "DIR"])

@@ -46,7 +46,11 @@ def _flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _fresh_run_dir(config: Any) -> Path:
-    base = Path("runs") / f"{config.backbone}-{config.modality}-{config.preset}"
+    return _numbered(Path("runs") / f"{config.backbone}-{config.modality}-{config.preset}")
+
+
+def _numbered(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... whichever does not exist yet."""
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -75,9 +79,18 @@ def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct"
                             f"'{out}' has no config.yaml." if out else "--resume needs --out RUN.")
         config = build(RunConfig, load_yaml(out / "config.yaml"))
     else:
-        config = resolve_config([_load_yaml_layer(args),
-                                 _flags(args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")),
-                                 parse_set(args.set)])
+        layers = [_load_yaml_layer(args),
+                  _flags(args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")),
+                  parse_set(args.set)]
+        config = resolve_config(layers)
+        if getattr(args, "pretrained", False):
+            # phase 1 is the shipped one: the run refers to it and trains the adaptor only
+            from rdiff import pretrained as shipped
+
+            checkpoint = shipped.find(config.backbone, config.preset, config.modality)
+            shipped.check_model(checkpoint, config.model)
+            config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
+            phases = ("adapt",)
         if out is None:
             out = Path(config.out) if config.out else _fresh_run_dir(config)
         if (out / "config.yaml").exists():
@@ -98,7 +111,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from rdiff.engine import run
     from rdiff.registry import resolve_config
 
-    source = Path(args.source)
+    from rdiff import pretrained as shipped
+
+    if args.source.startswith(shipped.PREFIX):
+        # shipped weights live in the installed package: the adapted run is always a new directory
+        checkpoint = shipped.get_pretrained(args.source)
+        source = checkpoint.directory
+        if not args.out:
+            args.out = str(_numbered(Path("runs") / f"{checkpoint.name}-adapted"))
+    else:
+        source = Path(args.source)
     if not (source / "config.yaml").is_file():
         raise UserError(f"--from '{source}' is not an rdiff run directory (it has no config.yaml).")
     base = to_dict(build(RunConfig, load_yaml(source / "config.yaml")))
@@ -106,7 +128,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.resume and (out / "config.yaml").is_file() and args.out:
         config = build(RunConfig, load_yaml(out / "config.yaml"))
     else:
-        flags = _flags(args, ("adaptor", "pairs", "seed"))
+        flags = _flags(args, ("adaptor", "data", "pairs", "seed"))
         if "adaptor" in flags and flags["adaptor"] != base["adaptor"]:
             base["adaptor_options"] = {}  # the old adaptor's options mean nothing to the new one
         layers = [merge(base, _load_yaml_layer(args)), flags, parse_set(args.set)]
@@ -177,6 +199,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from rdiff.plugins import plugins
 
+    if args.what == "pretrained":
+        return _list_pretrained(args.json)
     loaded = plugins()
     kind = {"backbones": "backbone", "adaptors": "adaptor", "modalities": "modality"}[args.what]
     rows = []
@@ -197,6 +221,22 @@ def cmd_list(args: argparse.Namespace) -> int:
         tag = (" [" + ", ".join(extra) + "]") if extra else ""
         presets = f" presets: {', '.join(r['presets'])}" if r.get("presets") else ""
         print(f"{r['name']:<10} {r['summary']}{tag}{presets}")
+    return 0
+
+
+def _list_pretrained(as_json: bool) -> int:
+    from rdiff.pretrained import list_pretrained
+
+    rows = [p.describe() for p in list_pretrained()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no pretrained weights are installed")
+    for r in rows:
+        ceiling = ", ".join(f"{k} {v:g}" for k, v in r["ceiling"].items() if k in ("psnr", "ssim", "vessel_dice"))
+        held = f" on {r['held_out_images']} held-out images" if r["held_out_images"] else ""
+        print(f"{r['name']:<24} {r['size_mb']:5.1f} MB  ceiling{held}: {ceiling or 'not measured'}")
     return 0
 
 
@@ -232,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="phase 1 (reconstruct) then phase 2 (adapt), then evaluate")
     _add_run_flags(p)
+    p.add_argument("--pretrained", action="store_true",
+                   help="skip phase 1: adapt the shipped phase-1 weights of this backbone, preset and modality "
+                        "(rdiff list pretrained)")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("reconstruct", help="phase 1 only: self-supervised reconstruction on unpaired images")
@@ -239,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_reconstruct)
 
     p = sub.add_parser("adapt", help="phase 2 only, from a phase-1 run")
-    p.add_argument("--from", dest="source", required=True, metavar="RUN", help="the run whose phase 1 to adapt")
+    p.add_argument("--from", dest="source", required=True, metavar="RUN",
+                   help="the run whose phase 1 to adapt, or pretrained:NAME for shipped weights (rdiff list pretrained)")
     p.add_argument("--adaptor", help="phase-2 adaptor (default: the run's)")
+    p.add_argument("--data", help="folder of clean images to degrade into pairs on the fly (default: the run's, "
+                                  "or the modality's embedded sample for shipped weights)")
     p.add_argument("--pairs", help="folder with lq/ and hq/ (default: degrade on the fly)")
     p.add_argument("--out", help="new run directory referencing RUN's phase 1 (default: write RUN/adapt/)")
     p.add_argument("--seed", type=int, help="random seed (default: the run's)")
@@ -289,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_plugins)
 
-    p = sub.add_parser("list", help="list registered backbones, adaptors or modalities")
-    p.add_argument("what", choices=["backbones", "adaptors", "modalities"], help="which kind of component")
+    p = sub.add_parser("list", help="list registered backbones, adaptors, modalities or shipped pretrained weights")
+    p.add_argument("what", choices=["backbones", "adaptors", "modalities", "pretrained"], help="which kind")
     p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
     p.set_defaults(handler=cmd_list)
 

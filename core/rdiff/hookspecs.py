@@ -118,6 +118,15 @@ def rdiff_register_modalities(register: Register) -> None:
     """
 
 
+@hookspec
+def rdiff_register_pretrained(register: Any) -> None:
+    """Declare phase-1 weights shipped inside the plugin's package: ``register(directory)`` for each folder
+    laid out like a run's phase 1 (``config.yaml`` naming backbone, preset and modality; ``reconstruct/``
+    with the networks; ``MODEL_CARD.md``). It is named ``<backbone>.<preset>-<modality>`` and used by
+    ``rdiff adapt --from pretrained:NAME`` and ``create_backbone(..., pretrained=...)``; see
+    :mod:`rdiff.pretrained`. A plugin may ship weights for another plugin's backbone."""
+
+
 # --- the command line -----------------------------------------------------------------------------------
 
 

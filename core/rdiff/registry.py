@@ -47,15 +47,27 @@ def _config(entry, values: dict[str, Any], where: str) -> Any:
     return build(entry.config, values, where)
 
 
-def create_backbone(name: str, preset: str | None = "tiny", channels: int = 3, **overrides: Any) -> Reconstructor:
-    """A backbone built from a preset's ``model`` section with ``overrides`` on top.
+def create_backbone(name: str, preset: str | None = "tiny", channels: int = 3, *,
+                    pretrained: bool | str | None = None, **overrides: Any) -> Reconstructor:
+    """A backbone built from a preset's ``model`` section with ``overrides`` on top; with ``pretrained``,
+    loaded with shipped phase-1 weights (``True``, a modality such as ``"fundus"``, or a full name such as
+    ``"ldm-unet.tiny-fundus"``; see :mod:`rdiff.pretrained`).
 
     >>> rdiff.create_backbone("ldm-unet", preset="paper")  # doctest: +SKIP
+    >>> rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus")  # doctest: +SKIP
     """
     entry = plugins().get("backbone", name)
     values = merge(get_preset(name, preset).get("model", {}) if preset else {}, overrides)
+    checkpoint = None
+    if pretrained:
+        from rdiff import pretrained as shipped
+
+        checkpoint = shipped.find(name, preset, pretrained)
+        shipped.check_model(checkpoint, to_dict(_config(entry, values, "model")) if entry.config else values)
     backbone = entry.build(_config(entry, values, "model"), channels)
     backbone.registered_name = name
+    if checkpoint is not None:
+        shipped.load_into(backbone, checkpoint)
     return backbone
 
 

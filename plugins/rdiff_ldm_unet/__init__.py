@@ -22,3 +22,12 @@ def _build(config, channels):
     from rdiff_ldm_unet.backbone import LDMUNet
 
     return LDMUNet(config, channels)
+
+
+@hookimpl
+def rdiff_register_pretrained(register):
+    """The phase-1 weights shipped in ``pretrained/`` (one folder per preset and modality, with its card)."""
+    from pathlib import Path
+
+    for folder in sorted((Path(__file__).parent / "pretrained").glob("*/config.yaml")):
+        register(folder.parent)

@@ -102,3 +102,26 @@ def test_the_log_option_is_added_to_training_commands_and_refused_for_other_moda
     rdiff_histology.rdiff_run_started(run_dir=tmp_path, config=SimpleNamespace(modality="histology"), cli_args=None)
     rdiff_histology.rdiff_run_finished(run_dir=tmp_path, report={})  # no option given: nothing is written
     assert not (tmp_path / "l").exists()
+
+
+def test_ships_its_own_pretrained_weights_through_the_hook():
+    # a third-party plugin ships phase-1 weights for a built-in backbone: listed, loadable, better than
+    # an untrained network on the embedded slide
+    from rdiff.data import resize_longest
+    from rdiff.enhance import enhance_image
+    from rdiff.pretrained import get_pretrained
+
+    checkpoint = get_pretrained("cnn-ae.tiny-histology")
+    assert checkpoint.plugin == "histology" and (checkpoint.directory / "MODEL_CARD.md").is_file()
+    modality = rdiff.create_modality("histology")
+    image = resize_longest(modality.sample_images("heldout")[0], 256)
+    roi = np.ones(image.shape[:2], bool)
+
+    def psnr(backbone):
+        out = enhance_image(backbone, modality, image, roi=roi, tile=1024)
+        return 10 * np.log10(1 / float(np.mean((out - image) ** 2)))
+
+    trained = rdiff.create_backbone("cnn-ae", preset="tiny", pretrained="histology")
+    assert psnr(trained) > psnr(rdiff.create_backbone("cnn-ae", preset="tiny")) + 3
+    listed = subprocess.run([sys.executable, "-m", "rdiff", "list", "pretrained"], capture_output=True, text=True)
+    assert "cnn-ae.tiny-histology" in listed.stdout

@@ -63,3 +63,13 @@ def rdiff_run_finished(run_dir, report):
             "preset": report["preset"], "enhanced": report.get("eval", {}).get("enhanced", {})}
     with open(path, "a", encoding="utf-8") as log:
         log.write(json.dumps(line) + "\n")
+
+
+@hookimpl
+def rdiff_register_pretrained(register):
+    """Shipped phase-1 weights: the built-in ``cnn-ae`` backbone's ``tiny`` preset trained on histology
+    (``cnn-ae.tiny-histology``), a folder inside this package — a plugin may ship weights for a backbone it
+    does not own."""
+    from pathlib import Path
+
+    register(Path(__file__).parent / "pretrained" / "tiny-histology")
