@@ -73,11 +73,12 @@ def create_modality(name: str, **overrides: Any) -> Modality:
     return entry.build(_config(entry, overrides, "modality_options"))
 
 
-def load_run(path: str) -> Run:
-    """A finished (or phase-1-only) run directory, ready to enhance and evaluate."""
+def load_run(path: str, *, reconstruct_only: bool = False) -> Run:
+    """A finished (or phase-1-only) run directory, ready to enhance and evaluate. An adapted run whose
+    adaptor is missing or damaged is refused unless ``reconstruct_only`` asks for the phase-1 model alone."""
     from rdiff.run import Run
 
-    return Run.load(path)
+    return Run.load(path, reconstruct_only=reconstruct_only)
 
 
 def train(config: Any, out: str, *, phases: tuple[str, ...] = ("reconstruct", "adapt"), resume: bool = False) -> dict[str, Any] | None:

@@ -69,10 +69,18 @@ class Register:
                  capabilities: tuple[str, ...] | list[str] = (), requires: tuple[str, ...] | list[str] = (),
                  presets: dict[str, dict] | None = None) -> None:
         table = self._plugins.entries[self._kind]
-        if name in table:
-            raise ValueError(f"{self._kind} '{name}' is already registered by plugin '{table[name].plugin}'")
+        if name in table:  # a name belongs to whoever registered it first (built-ins register first)
+            first = table[name].plugin
+            raise NameTaken(f"{self._kind} '{name}' is already registered by plugin '{first}' "
+                            f"({self._plugins.origin(first)}); plugin '{self._plugin}' "
+                            f"({self._plugins.origin(self._plugin)}) may not take it over, so it was left out "
+                            f"(to replace '{first}', block it with RDIFF_BLOCK_PLUGINS={first})")
         table[name] = Entry(self._kind, name, build, config, summary, self._plugin,
                             tuple(capabilities), tuple(requires), dict(presets or {}))
+
+
+class NameTaken(ValueError):
+    """A plugin registered a component name another plugin already holds."""
 
 
 @dataclass
@@ -107,7 +115,7 @@ class Plugins:
         for module_name in _csv(os.environ.get("RDIFF_PLUGINS")):
             already = module_name in sys.modules and self.pm.is_registered(sys.modules[module_name])
             if module_name not in blocked and not self.pm.has_plugin(module_name) and not already:
-                self._add(module_name, lambda m=module_name: importlib.import_module(m), None, None)
+                self._add(module_name, lambda m=module_name: importlib.import_module(m), *_distribution_of(module_name))
         for obj in extra or []:
             name = getattr(obj, "__name__", type(obj).__name__)
             self._add(name, lambda o=obj: o, None, None)
@@ -136,12 +144,31 @@ class Plugins:
 
     def _collect(self, kind: str) -> None:
         hook = getattr(self.pm.hook, f"rdiff_register_{_PLURAL[kind]}")
-        for impl in hook.get_hookimpls():
+        impls = hook.get_hookimpls()
+        # rdiff's own plugins register first, whatever order the entry points come in: a third-party plugin
+        # cannot take over a built-in name (and make existing runs of the built-in stop loading)
+        impls = sorted(impls, key=lambda impl: not self._builtin(self.pm.get_name(impl.plugin)))
+        for impl in impls:
             name = self.pm.get_name(impl.plugin)
             try:
                 impl.function(register=Register(self, kind, name))
+            except NameTaken as exc:
+                self.broken[name] = str(exc)
             except Exception as exc:  # noqa: BLE001
                 self.broken[name] = f"{type(exc).__name__} while registering {_PLURAL[kind]}: {exc}"
+
+    def _builtin(self, name: str) -> bool:
+        info = self.info.get(name)
+        return info is not None and info.distribution == "rdiff"
+
+    def origin(self, name: str) -> str:
+        """Where plugin ``name`` comes from, for messages: its distribution, or its module."""
+        info = self.info.get(name)
+        if info is None:
+            return "unknown origin"
+        if info.distribution:
+            return f"distribution '{info.distribution}'" + (f" {info.version}" if info.version else "")
+        return f"module '{info.module}', no distribution"
 
     def warn_broken(self) -> None:
         for name, error in self.broken.items():
@@ -166,6 +193,15 @@ class Plugins:
         """Named presets for a backbone: registry.yaml's for catalogued ones, else the plugin's own."""
         listed = catalogue().get(_PLURAL[entry.kind], {}).get(entry.name, {}).get("presets")
         return dict(listed) if listed else dict(entry.presets)
+
+
+def _distribution_of(module: str) -> tuple[str | None, str | None]:
+    """The distribution (and version) whose ``rdiff`` entry point is ``module``, for a plugin loaded by
+    module name (``RDIFF_PLUGINS``), so a built-in keeps its priority however it was loaded."""
+    for ep in metadata.entry_points(group="rdiff"):
+        if ep.value == module and getattr(ep, "dist", None) is not None:
+            return ep.dist.name, ep.dist.version
+    return None, None
 
 
 def _csv(value: str | None) -> list[str]:

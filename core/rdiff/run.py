@@ -43,7 +43,11 @@ class Run:
         return max(256, 4 * self.config.train.image_size)
 
     @classmethod
-    def load(cls, path: str | Path) -> Run:
+    def load(cls, path: str | Path, *, reconstruct_only: bool = False) -> Run:
+        """Load a run directory. An adapted run loads with its adaptor, and refuses (naming the file) when
+        the adaptor is missing or damaged; ``reconstruct_only=True`` asks for the phase-1 model alone."""
+        from rdiff import manifest
+
         directory = Path(path)
         config_file = directory / "config.yaml"
         if not config_file.is_file():
@@ -56,15 +60,26 @@ class Run:
         done = json.loads(stages_file.read_text())["done"] if stages_file.is_file() else []
         if list(done) != list(backbone.stages):
             raise UserError(f"run '{source}' has not finished phase 1 (stages done: {', '.join(done) or 'none'}).")
+        manifest.verify(source, "reconstruct")
         _load(backbone, source / "reconstruct", config.backbone)
         adaptor_file = directory / "adapt" / "adaptor.safetensors"
-        adapted = adaptor_file.is_file()
+        adapted = not reconstruct_only and (adaptor_file.is_file() or manifest.expects_adaptor(directory))
         if adapted:
             from safetensors.torch import load_file
 
+            if not adaptor_file.is_file():  # never enhance silently un-adapted
+                raise UserError(f"adaptor file '{adaptor_file}' is missing, so run '{directory}' cannot enhance "
+                                f"as adapted; restore it, re-adapt with `rdiff adapt --from {directory}`, or pass "
+                                f"--reconstruct-only to use the phase-1 model alone.")
+            manifest.verify(directory, "adapt", hint="; pass --reconstruct-only to use the phase-1 model alone")
             adaptor = create_adaptor(config.adaptor, backbone, **config.adaptor_options)
             try:
-                adaptor.load_adaptor_state_dict(load_file(adaptor_file))
+                weights = load_file(adaptor_file)
+            except Exception as exc:  # noqa: BLE001 - safetensors' own error type; a damaged file either way
+                raise UserError(f"adaptor file '{adaptor_file}' is damaged ({str(exc).splitlines()[0]}); "
+                                f"pass --reconstruct-only to use the phase-1 model alone.") from None
+            try:
+                adaptor.load_adaptor_state_dict(weights)
             except RuntimeError as exc:
                 raise UserError(f"'{adaptor_file}' does not fit adaptor '{config.adaptor}' on this backbone: "
                                 f"{str(exc).splitlines()[0]}") from None
