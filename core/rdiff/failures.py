@@ -39,9 +39,8 @@ def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:
     """One sentence for ``exc``: what could not be done to which path, why, and what to do."""
     target = path if path is not None else exc.filename
     if target is not None:  # name the file the user asked for, not the temporary file written first
-        match = _TEMP_NAME.match(Path(str(target)).name)
-        if match:
-            target = Path(str(target)).with_name(match["name"])
+        parts = [(m["name"] if (m := _TEMP_NAME.match(part)) else part) for part in Path(str(target)).parts]
+        target = Path(*parts)
     reason = _REASONS.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
     code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
     where = f"'{target}'" if target is not None else "a file"

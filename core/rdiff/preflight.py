@@ -345,7 +345,7 @@ def _mb(n: int) -> str:
 
 
 def _millions(backbone: Any) -> str:
-    return f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.2f} M"
+    return f"{sum(p.numel() for p in backbone.parameters()):,}"
 
 
 # --- entry points -------------------------------------------------------------------------------------------
