@@ -383,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rdiff.failures import TRAINING_COMMANDS as TRAINING
     from rdiff.failures import describe_os_error, interrupted_message, short_warnings
     from rdiff.plugins import plugins
 
@@ -399,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rdiff: error: {line}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
-        print(f"rdiff: error: {describe_os_error(exc)}", file=sys.stderr)
+        kept = " The last complete checkpoint is kept (resume with --resume)." if command in TRAINING else ""
+        print(f"rdiff: error: {describe_os_error(exc)}{kept}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print(f"rdiff: {interrupted_message(command)}", file=sys.stderr)

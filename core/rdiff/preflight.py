@@ -38,6 +38,9 @@ AT_LEAST: dict[str, int] = {
     "train.eval_every": 0, "train.num_workers": 0,
     "eval.crops": 1, "eval.seed": 0,
 }
+# keys only phase 2 reads: `rdiff reconstruct` does not judge them (`rdiff adapt` will)
+PHASE_2 = ("train.adapt_steps", "train.adapt_batch_size", "train.pairs", "train.val_pairs", "train.val_every",
+           "train.adapt_lr")
 
 
 class Problems:
@@ -78,6 +81,8 @@ def config_problems(config: Any, phases: tuple[str, ...] = ("reconstruct", "adap
     train, ev = config.train, config.eval
     out = []
     for key, minimum in AT_LEAST.items():
+        if key in PHASE_2 and "adapt" not in phases:
+            continue
         value = _get(config, key)
         if value < minimum:
             out.append(f"config key '{key}' must be at least {minimum}, not {value}.")
@@ -85,6 +90,8 @@ def config_problems(config: Any, phases: tuple[str, ...] = ("reconstruct", "adap
         if steps < 1 and "reconstruct" in phases:
             out.append(f"config key 'train.steps.{stage}' must be at least 1, not {steps}.")
     for key in ("train.lr", "train.adapt_lr"):
+        if key in PHASE_2 and "adapt" not in phases:
+            continue
         value = _get(config, key)
         if not (value > 0 and math.isfinite(value)):
             out.append(f"config key '{key}' must be a positive number, not {value}.")

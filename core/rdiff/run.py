@@ -7,6 +7,7 @@ Layout (see docs/concepts.md)::
     RUN/adapt/                 phase 2: adaptor.safetensors, adaptor.json, checkpoint/
     RUN/metrics.jsonl          one line per logged step
     RUN/report.json            held-out evaluation, parameter counts, times
+    RUN/manifest.json          size and SHA-256 of every final weight file (rdiff.manifest)
 """
 
 from __future__ import annotations
