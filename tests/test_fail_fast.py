@@ -228,3 +228,19 @@ def test_interrupting_enhance_does_not_talk_about_checkpoints(toy, run, tmp_path
     assert main(["enhance", "--run", str(run), str(image), "--out", str(tmp_path / "out")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "checkpoint" not in err and "--resume" not in err
+
+
+def test_resume_changes_data_only_once_phase_one_has_finished(tmp_path):
+    from rdiff.errors import UserError
+    from rdiff.resume import apply
+
+    saved = {"backbone": "toy", "train": {"steps": {"autoencoder": 4}, "adapt_steps": 4}}
+    with pytest.raises(UserError, match=r"--resume cannot change data in"):
+        apply(tmp_path, saved, {"data": "elsewhere"})  # phase 1 is training on the old folder
+    (tmp_path / "reconstruct").mkdir()
+    (tmp_path / "reconstruct" / "stages.json").write_text('{"done": ["autoencoder"]}')
+    config, note = apply(tmp_path, saved, {"data": "elsewhere", "eval": {"crops": 8}})
+    assert config.data == "elsewhere" and config.eval.crops == 8
+    assert "data: null -> elsewhere" in note and "eval.crops: 64 -> 8" in note
+    unchanged, note = apply(tmp_path, saved, {"backbone": "toy", "train": {"adapt_steps": 4}})
+    assert note is None and unchanged.data is None  # flags that repeat the run's values change nothing
