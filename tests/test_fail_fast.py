@@ -235,12 +235,23 @@ def test_resume_changes_data_only_once_phase_one_has_finished(tmp_path):
     from rdiff.resume import apply
 
     saved = {"backbone": "toy", "train": {"steps": {"autoencoder": 4}, "adapt_steps": 4}}
+    (tmp_path / "reconstruct" / "checkpoint").mkdir(parents=True)
     with pytest.raises(UserError, match=r"--resume cannot change data in"):
         apply(tmp_path, saved, {"data": "elsewhere"})  # phase 1 is training on the old folder
-    (tmp_path / "reconstruct").mkdir()
     (tmp_path / "reconstruct" / "stages.json").write_text('{"done": ["autoencoder"]}')
     config, note = apply(tmp_path, saved, {"data": "elsewhere", "eval": {"crops": 8}})
     assert config.data == "elsewhere" and config.eval.crops == 8
     assert "data: null -> elsewhere" in note and "eval.crops: 64 -> 8" in note
     unchanged, note = apply(tmp_path, saved, {"backbone": "toy", "train": {"adapt_steps": 4}})
     assert note is None and unchanged.data is None  # flags that repeat the run's values change nothing
+
+
+def test_a_run_that_trained_nothing_yet_can_change_any_value_on_resume(tmp_path):
+    from rdiff.errors import UserError
+    from rdiff.resume import apply
+
+    saved = {"backbone": "toy", "train": {"steps": {"autoencoder": 4}, "image_size": 63}}
+    config, note = apply(tmp_path, saved, {"train": {"image_size": 64}})  # config.yaml only: nothing to keep
+    assert config.train.image_size == 64 and "train.image_size: 63 -> 64" in note
+    with pytest.raises(UserError, match="cannot change backbone"):
+        apply(tmp_path, saved, {"backbone": "cnn-ae"})

@@ -330,7 +330,8 @@ once phase 1 has finished, `train.adapt_steps`, `train.steps.STAGE` of a stage t
 `eval.*` key, and `train.val_every`, `checkpoint_every`, `log_every`, `eval_every`, `num_workers`,
 `max_bad_steps`, `bad_images`. Everything else (the components, the model, crop size, batch sizes,
 learning rates, the seed) was used to make the checkpoints: start a new run, or re-adapt a finished
-phase 1 with `rdiff adapt --from RUN --out NEW`. The times in report.json add up over resumes.
+phase 1 with `rdiff adapt --from RUN --out NEW`. A run that has not saved a checkpoint yet may change any
+value but its backbone, modality, adaptor and preset. The times in report.json add up over resumes.
 
 """
 

@@ -29,6 +29,8 @@ _MISSING = object()
 SAFE = ("pairs", "train.adapt_steps", "train.steps.", "eval.", "train.val_every", "train.checkpoint_every",
         "train.log_every", "train.eval_every", "train.num_workers", "train.max_bad_steps", "train.bad_images")
 IGNORED = ("out", "reconstruct_from")  # where the run is: set by --out / --from, not a training value
+# which plugins and preset: their options were resolved into config.yaml and cannot be swapped afterwards
+COMPONENTS = ("backbone", "modality", "adaptor", "preset")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -61,6 +63,13 @@ def _phase1_finished(run_dir: Path, saved: dict[str, Any]) -> bool:
     return bool(done) and set((saved.get("train") or {}).get("steps") or {}) <= set(done)
 
 
+def _untrained(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds no training result at all (config.yaml only, as a run stopped before its
+    first checkpoint leaves it)."""
+    return not any(p.name in ("checkpoint", "checkpoint.prev", "stages.json", "adaptor.safetensors")
+                   for p in run_dir.rglob("*"))
+
+
 def apply(run_dir: str | Path, saved: dict[str, Any], override: dict[str, Any]) -> tuple[Any, str | None]:
     """The configuration to resume with (a RunConfig) and the note describing what changed (``None`` when
     nothing did). Raises UserError naming every key a resume may not change."""
@@ -78,8 +87,11 @@ def apply(run_dir: str | Path, saved: dict[str, Any], override: dict[str, Any]) 
         return before, None
     done = _phase1_done(run_dir, saved)
     finished = _phase1_finished(run_dir, saved)
+    untrained = _untrained(run_dir)
     refused = []
     for key in changed:
+        if untrained and key not in COMPONENTS:
+            continue  # nothing was trained with the old values yet: every value may still change
         if key.startswith("train.steps.") and key[len("train.steps."):] in done:
             refused.append(f"{key} (stage '{key[len('train.steps.'):]}' has finished)")
         elif key == "data" and finished:
