@@ -224,7 +224,8 @@ def data_problems(modality: Any, folder: str, train: Any) -> list[str]:
             continue
         w, h = resized(header, train.resize)
         if min(w, h) < train.image_size:
-            problems.add(f"image '{path}' is {w}×{h} px{' once resized' if (w, h) != (header.width, header.height) else ''}, "
+            once = " once resized" if (w, h) != (header.width, header.height) else ""
+            problems.add(f"image '{path}' is {w}×{h} px{once}, "
                          f"smaller than the {train.image_size}-px training crops of this preset "
                          f"(set train.image_size lower).")
     if len(headers) == 1 and headers[0][1] is not None and headers[0][1].frames == 1:
@@ -249,7 +250,8 @@ def pairs_problems(modality: Any, folder: str, train: Any) -> list[str]:
         if not d.is_dir():
             return [f"pairs folder '{root}' needs the sub-folders lq/ and hq/; '{d}' is missing."]
         try:
-            sides[side] = {p.relative_to(d).with_suffix("").as_posix(): p for p in images.list_images(d, modality.suffixes)}
+            found = images.list_images(d, modality.suffixes)
+            sides[side] = {p.relative_to(d).with_suffix("").as_posix(): p for p in found}
         except UserError as exc:
             return [str(exc)]
     lq, hq = sides["lq"], sides["hq"]
