@@ -318,6 +318,23 @@ Every flag that configures a run has a configuration key (`rdiff train --seed 3`
 [configuration.md](configuration.md). Exit codes: 0 success, 2 bad usage or bad input (one sentence naming
 the file, key or value), 1 internal error, 130 interrupted (the last checkpoint is kept).
 
+Before the first training step every command that trains checks everything it can: configuration values
+(ranges, crop sizes the backbone can halve), every data and pair file (names, sizes, readability, from the
+file headers), and that the output folder is writable with room for the run. Nothing is written to `--out`
+until these checks pass, so the corrected command can simply be run again.
+
+**`--resume` and overrides.** `--resume` continues the run in `--out` with the configuration in its
+config.yaml. Flags given with it (`--set`, `--config`, `--data`, `--pairs`, ...) are compared with that
+configuration: a flag that repeats the run's value is ignored; a change that is safe mid-run is applied,
+printed and recorded as a `# --resume on DATE changed KEY: OLD -> NEW` line at the top of config.yaml;
+any other change is refused in one sentence naming each key, and nothing is changed. Safe: `pairs`, `data`
+once phase 1 has finished, `train.adapt_steps`, `train.steps.STAGE` of a stage that has not finished, every
+`eval.*` key, and `train.val_every`, `checkpoint_every`, `log_every`, `eval_every`, `num_workers`,
+`max_bad_steps`, `bad_images`. Everything else (the components, the model, crop size, batch sizes,
+learning rates, the seed) was used to make the checkpoints: start a new run, or re-adapt a finished
+phase 1 with `rdiff adapt --from RUN --out NEW`. A run that has not saved a checkpoint yet may change any
+value but its backbone, modality, adaptor and preset. The times in report.json add up over resumes.
+
 """
 
 CLI_ENVIRONMENT = """\

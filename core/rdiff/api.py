@@ -18,11 +18,12 @@ __all__ = ["create_adaptor", "create_backbone", "create_modality", "get_preset",
            "list_backbones", "list_modalities", "load_run", "resolve_config", "train"]
 
 
-def load_run(path: str) -> Run:
-    """A finished (or phase-1-only) run directory, ready to enhance and evaluate."""
+def load_run(path: str, *, reconstruct_only: bool = False) -> Run:
+    """A finished (or phase-1-only) run directory, ready to enhance and evaluate. An adapted run whose
+    adaptor is missing or damaged is refused unless ``reconstruct_only`` asks for the phase-1 model alone."""
     from rdiff.run import Run
 
-    return Run.load(path)
+    return Run.load(path, reconstruct_only=reconstruct_only)
 
 
 def train(config: Any, out: str, *, phases: tuple[str, ...] = ("reconstruct", "adapt"), resume: bool = False) -> dict[str, Any] | None:

@@ -94,7 +94,14 @@ def network_file(directory: Path) -> Path:
 
 
 def load_network(net: nn.Module, directory: Path) -> None:
-    net.load_state_dict(load_file(network_file(Path(directory))), strict=True)
+    file = network_file(Path(directory))
+    try:
+        weights = load_file(file)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own type for truncated or corrupt files
+        from rdiff.errors import UserError
+
+        raise UserError(f"weight file '{file}' is damaged ({str(exc).splitlines()[0]}).") from None
+    net.load_state_dict(weights, strict=True)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -67,17 +67,28 @@ def _load_yaml_layer(args: argparse.Namespace) -> dict[str, Any]:
 # --- commands -------------------------------------------------------------------------------------------------
 
 
+def _resume_overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """What the flags of a ``--resume`` ask to change, as one layer (see rdiff.resume)."""
+    from rdiff.config import merge, parse_set
+
+    return merge(merge(_load_yaml_layer(args), _flags(args, names)), parse_set(args.set))
+
+
 def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")) -> int:
-    from rdiff.config import RunConfig, build, load_yaml, parse_set
+    from rdiff import resume
+    from rdiff.config import load_yaml, parse_set
     from rdiff.engine import run
     from rdiff.registry import resolve_config
 
     out = Path(args.out) if args.out else None
+    note = None
     if args.resume:
         if out is None or not (out / "config.yaml").is_file():
             raise UserError(f"--resume needs --out pointing at an existing run directory; "
                             f"'{out}' has no config.yaml." if out else "--resume needs --out RUN.")
-        config = build(RunConfig, load_yaml(out / "config.yaml"))
+        # flags apply when they are safe to change mid-run, and are refused by name otherwise
+        config, note = resume.apply(out, load_yaml(out / "config.yaml"), _resume_overrides(
+            args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")))
     else:
         layers = [_load_yaml_layer(args),
                   _flags(args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")),
@@ -97,7 +108,7 @@ def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct"
             raise UserError(f"run directory '{out}' already holds a run; pass --resume to continue it or "
                             f"choose another --out.")
         config.out = str(out)
-    report = run(config, out, phases=phases, resume=args.resume, cli_args=args)
+    report = run(config, out, phases=phases, resume=args.resume, cli_args=args, note=note)
     _print_summary(out, report)
     return 0
 
@@ -107,6 +118,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from rdiff import resume
     from rdiff.config import RunConfig, build, load_yaml, merge, parse_set, to_dict
     from rdiff.engine import run
     from rdiff.registry import resolve_config
@@ -125,8 +137,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise UserError(f"--from '{source}' is not an rdiff run directory (it has no config.yaml).")
     base = to_dict(build(RunConfig, load_yaml(source / "config.yaml")))
     out = Path(args.out) if args.out else source
+    note = None
     if args.resume and (out / "config.yaml").is_file() and args.out:
-        config = build(RunConfig, load_yaml(out / "config.yaml"))
+        config, note = resume.apply(out, load_yaml(out / "config.yaml"),
+                                    _resume_overrides(args, ("adaptor", "data", "pairs", "seed")))
     else:
         flags = _flags(args, ("adaptor", "data", "pairs", "seed"))
         if "adaptor" in flags and flags["adaptor"] != base["adaptor"]:
@@ -139,7 +153,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             layers.append({"reconstruct_from": str((Path(base["reconstruct_from"]) if base.get("reconstruct_from")
                                                     else source).resolve()), "out": str(out)})
         config = resolve_config(layers)
-    report = run(config, out, phases=("adapt",), resume=args.resume, cli_args=args)
+    report = run(config, out, phases=("adapt",), resume=args.resume, cli_args=args, note=note)
     _print_summary(out, report)
     return 0
 
@@ -148,10 +162,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from rdiff.enhance import enhance_files
     from rdiff.run import Run
 
-    run = Run.load(args.run)
+    run = Run.load(args.run, reconstruct_only=args.reconstruct_only)
     return enhance_files(run, args.inputs, args.out, path=args.path, steps=args.steps, eta=args.eta, seed=args.seed,
                          tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
-                         dtype=args.dtype, preserve_color=args.preserve_color, compare=args.compare)
+                         dtype=args.dtype, preserve_color=args.preserve_color, compare=args.compare,
+                         suffix=args.suffix)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -159,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.data and args.pairs:
         raise UserError("give --data or --pairs, not both.")
-    run = Run.load(args.run)
+    run = Run.load(args.run, reconstruct_only=args.reconstruct_only)
     result = run.evaluate(data=args.data, pairs=args.pairs, crops=args.crops,
                           paths=args.paths.split(",") if args.paths else None)
     if args.json:
@@ -311,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference precision (float16 on GPUs only)")
     p.add_argument("--preserve-color", action="store_true", help="keep the input's low-frequency colour")
     p.add_argument("--compare", action="store_true", help="also write a side-by-side before/after image")
+    p.add_argument("--suffix", help="append this to each output file's stem, e.g. _enh (a.png -> a_enh.png)")
+    p.add_argument("--reconstruct-only", action="store_true",
+                   help="use the phase-1 model alone, without the run's adaptor (e.g. when the adaptor is lost)")
     p.set_defaults(handler=cmd_enhance)
 
     p = sub.add_parser("evaluate", help="score a run on held-out data or real pairs")
@@ -320,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, help="number of held-out crops (default: the run's eval.crops)")
     p.add_argument("--paths", help="comma-separated paths to score (default: all), e.g. fast,ddim10")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--reconstruct-only", action="store_true", help="score the phase-1 model alone, without the adaptor")
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("degrade", help="write degraded copies of images plus their degradation parameters")
@@ -350,18 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rdiff.failures import TRAINING_COMMANDS as TRAINING
+    from rdiff.failures import describe_os_error, interrupted_message, short_warnings
     from rdiff.plugins import plugins
 
+    short_warnings()
+    command = None
     try:
         plugins().warn_broken()
         parser = build_parser()
         args = parser.parse_args(argv)
+        command = args.command
         return int(args.handler(args) or 0)
     except UserError as exc:
-        print(f"rdiff: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # several problems: one sentence per line
+            print(f"rdiff: error: {line}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
+        kept = " The last complete checkpoint is kept (resume with --resume)." if command in TRAINING else ""
+        print(f"rdiff: error: {describe_os_error(exc)}{kept}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
-        print("rdiff: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
+        print(f"rdiff: {interrupted_message(command)}", file=sys.stderr)
         return 130
     except TrainingStopped as exc:
         print(f"rdiff: stopped: {exc}", file=sys.stderr)

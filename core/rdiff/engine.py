@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from rdiff import manifest
 from rdiff.checkpoints import load_checkpoint, save_checkpoint, write_json, write_weights
 from rdiff.config import RunConfig
 from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
@@ -51,6 +52,11 @@ class Engine:
         self.backbone.to(self.device)
         self.hook = plugins().pm.hook
         self.times: dict[str, float] = {}
+        # what needs the built backbone (crop multiple, stages, paths, disk space) is checked before the
+        # run directory is created, so a refused run leaves nothing behind
+        from rdiff.preflight import check_backbone
+
+        check_backbone(config, self.backbone, self.run_dir)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.hook.rdiff_run_started(run_dir=self.run_dir, config=config, cli_args=cli_args)
@@ -109,6 +115,7 @@ class Engine:
             if self.is_main:
                 self.backbone.save(self.reconstruct_dir)
                 mark_stages_done(self.reconstruct_dir, done)
+                manifest.record(self.reconstruct_dir.parent, self.reconstruct_dir)  # sizes and hashes
             self.accelerator.wait_for_everyone()
         self.times["reconstruct"] = round(time.perf_counter() - started, 1)
 
@@ -118,6 +125,7 @@ class Engine:
         if list(done) != list(self.backbone.stages):
             raise UserError(f"'{self.reconstruct_dir.parent}' has no finished phase 1 "
                             f"(stages done: {', '.join(done) or 'none'}); run `rdiff reconstruct` first.")
+        manifest.verify(self.reconstruct_dir.parent, "reconstruct")
         self.backbone.load(self.reconstruct_dir)
 
     def pairs(self) -> tuple[list, list]:
@@ -170,6 +178,7 @@ class Engine:
             write_weights(adapt_dir / "adaptor.safetensors", adaptor.adaptor_state_dict())
             if train.train_base:
                 self.backbone.save(adapt_dir / "base")
+            manifest.record(self.run_dir, adapt_dir)
             write_json(adapt_dir / "adaptor.json", {"adaptor": cfg.adaptor, "options": cfg.adaptor_options,
                                                     "best_step": best.step, "val_psnr": best.psnr,
                                                     "train_base": train.train_base})
@@ -326,24 +335,40 @@ class Engine:
             self.hook.rdiff_run_finished(run_dir=self.run_dir, report=report)
         return report
 
-    def save_config(self) -> None:
+    def save_config(self, note: str | None = None) -> None:
+        """Write config.yaml, keeping its earlier comment lines (resume notes) and adding ``note``."""
         if self.is_main:
-            write_config(self.run_dir, self.config)
+            write_config(self.run_dir, self.config, note)
 
 
 def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("reconstruct", "adapt"),
-        resume: bool = False, cli_args: Any = None) -> dict[str, Any] | None:
+        resume: bool = False, cli_args: Any = None, note: str | None = None) -> dict[str, Any] | None:
     """Train ``phases`` into ``run_dir``, evaluate on held-out data, write report.json; returns the report
-    (on the main process; ``None`` on the others)."""
+    (on the main process; ``None`` on the others). Everything checkable is checked before anything is
+    written (:mod:`rdiff.preflight`); ``note`` (what a resume changed) is recorded in config.yaml."""
+    from rdiff import preflight
+    from rdiff.resume import carry_times
+
     if not resume and (Path(run_dir) / "config.yaml").exists() and "reconstruct" in phases:
         raise UserError(f"run directory '{run_dir}' already holds a run; resume it or choose another directory.")
-    engine = Engine(config, run_dir, resume=resume, cli_args=cli_args)
-    engine.save_config()
-    if "reconstruct" in phases:
-        engine.reconstruct()
-    else:
-        engine.load_reconstruction()
+    preflight.check_run(config, run_dir, phases=phases)
+    fresh = not Path(run_dir).exists()
+    try:
+        engine = Engine(config, run_dir, resume=resume, cli_args=cli_args)
+        engine.save_config(note)
+        if note:
+            engine.say(note)
+        if "reconstruct" in phases:
+            engine.reconstruct()
+        else:
+            engine.load_reconstruction()
+    except UserError:
+        if fresh:  # refused before any training: leave no half-made run to trip over when rerunning
+            preflight.discard_untrained(run_dir)
+        raise
     adapt_info = engine.adapt() if "adapt" in phases else None
     evaluation = engine.evaluate()
+    if resume:  # a resumed run adds its time to what the run had already spent
+        engine.times = carry_times(run_dir, engine.times)
     report = engine.write_report(evaluation, adapt_info)
     return report if engine.is_main else None

@@ -509,7 +509,8 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     for file, relative in images.expand_inputs(list(inputs), tuple(modality.suffixes)):
         output = _output_path(out_dir, relative, suffix)
         if output.resolve() == file.resolve():
-            raise UserError(f"enhancing '{file}' would overwrite it; choose another output folder or a suffix.")
+            raise UserError(f"enhancing '{file}' would overwrite it; choose another output folder (--out) or a "
+                            f"suffix for the output names (--suffix).")
         if output.resolve() in seen:
             raise UserError(f"'{file}' and '{seen[output.resolve()]}' would both be written to '{output}'; "
                             f"enhance them into different folders.")
@@ -536,6 +537,12 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
             except UserError as exc:
                 failed.append(str(relative))
                 tqdm.write(f"FAILED {relative}: {exc}", file=sys.stderr)
+                continue
+            except OSError as exc:  # disk full, read-only folder: reported and skipped like a bad file
+                from rdiff.failures import describe_os_error
+
+                failed.append(str(relative))
+                tqdm.write(f"FAILED {relative}: {describe_os_error(exc)}", file=sys.stderr)
                 continue
             height, width = stack[0].shape[:2]
             size = f"{width}×{height}" + (f"×{len(stack)}" if len(stack) > 1 else "")

@@ -58,6 +58,10 @@ class Entry:
     presets: dict[str, dict] = field(default_factory=dict)
 
 
+class NameTaken(ValueError):
+    """A plugin registered a component name another plugin already holds."""
+
+
 class Register:
     """The callable a ``rdiff_register_*`` hook receives.
 
@@ -73,15 +77,21 @@ class Register:
       (:func:`rdiff.plugins.declarations`), as the built-in plugins do.
     """
 
-    def __init__(self, table: dict[str, Entry], kind: str, plugin: str):
-        self._table, self._kind, self._plugin = table, kind, plugin
+    def __init__(self, table: dict[str, Entry], kind: str, plugin: str,
+                 origin: Callable[[str], str] = lambda plugin: plugin):
+        self._table, self._kind, self._plugin, self._origin = table, kind, plugin, origin
 
     def __call__(self, name: str, build: Callable[..., Any], *, config: type | None = None, summary: str = "",
                  capabilities: tuple[str, ...] | list[str] = (), requires: tuple[str, ...] | list[str] = (),
                  presets: dict[str, dict] | None = None) -> None:
         table = self._table
         if name in table:
-            raise ValueError(f"{self._kind} '{name}' is already registered by plugin '{table[name].plugin}'")
+            # a name belongs to whoever registered it first (built-ins register first)
+            first = table[name].plugin
+            raise NameTaken(f"{self._kind} '{name}' is already registered by plugin '{first}' "
+                            f"({self._origin(first)}); plugin '{self._plugin}' ({self._origin(self._plugin)}) "
+                            f"may not take it over, so it was left out (to replace '{first}', block it with "
+                            f"RDIFF_BLOCK_PLUGINS={first})")
         table[name] = Entry(self._kind, name, build, config, summary, self._plugin,
                             tuple(capabilities), tuple(requires), dict(presets or {}))
 

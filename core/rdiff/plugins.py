@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from rdiff import hookspecs
-from rdiff.hookspecs import Entry, Register  # noqa: F401 - Entry is also looked up here
+from rdiff.hookspecs import Entry, NameTaken, Register  # noqa: F401 - Entry is also looked up here
 from rdiff.catalogue import catalogue
 from rdiff.errors import UserError, did_you_mean
 
@@ -67,7 +67,7 @@ class Plugins:
         for module_name in _csv(os.environ.get("RDIFF_PLUGINS")):
             already = module_name in sys.modules and self.pm.is_registered(sys.modules[module_name])
             if module_name not in blocked and not self.pm.has_plugin(module_name) and not already:
-                self._add(module_name, lambda m=module_name: importlib.import_module(m), None, None)
+                self._add(module_name, lambda m=module_name: importlib.import_module(m), *_distribution_of(module_name))
         for obj in extra or []:
             name = getattr(obj, "__name__", type(obj).__name__)
             self._add(name, lambda o=obj: o, None, None)
@@ -96,12 +96,31 @@ class Plugins:
 
     def _collect(self, kind: str) -> None:
         hook = getattr(self.pm.hook, f"rdiff_register_{_PLURAL[kind]}")
-        for impl in hook.get_hookimpls():
+        impls = hook.get_hookimpls()
+        # rdiff's own plugins register first, whatever order the entry points come in: a third-party plugin
+        # cannot take over a built-in name (and make existing runs of the built-in stop loading)
+        impls = sorted(impls, key=lambda impl: not self._builtin(self.pm.get_name(impl.plugin)))
+        for impl in impls:
             name = self.pm.get_name(impl.plugin)
             try:
-                impl.function(register=Register(self.entries[kind], kind, name))
+                impl.function(register=Register(self.entries[kind], kind, name, origin=self.origin))
+            except NameTaken as exc:
+                self.broken[name] = str(exc)
             except Exception as exc:  # noqa: BLE001
                 self.broken[name] = f"{type(exc).__name__} while registering {_PLURAL[kind]}: {exc}"
+
+    def _builtin(self, name: str) -> bool:
+        info = self.info.get(name)
+        return info is not None and info.distribution == "rdiff"
+
+    def origin(self, name: str) -> str:
+        """Where plugin ``name`` comes from, for messages: its distribution, or its module."""
+        info = self.info.get(name)
+        if info is None:
+            return "unknown origin"
+        if info.distribution:
+            return f"distribution '{info.distribution}'" + (f" {info.version}" if info.version else "")
+        return f"module '{info.module}', no distribution"
 
     def warn_broken(self) -> None:
         for name, error in self.broken.items():
@@ -143,6 +162,15 @@ def declarations(package: str, resource: str = "plugin.yaml") -> dict[str, dict[
         raise UserError(f"'{resource}' of plugin package '{package}' must be a mapping of backbones, adaptors "
                         f"and modalities.")
     return data
+
+
+def _distribution_of(module: str) -> tuple[str | None, str | None]:
+    """The distribution (and version) whose ``rdiff`` entry point is ``module``, for a plugin loaded by
+    module name (``RDIFF_PLUGINS``), so a built-in keeps its priority however it was loaded."""
+    for ep in metadata.entry_points(group="rdiff"):
+        if ep.value == module and getattr(ep, "dist", None) is not None:
+            return ep.dist.name, ep.dist.version
+    return None, None
 
 
 def _csv(value: str | None) -> list[str]:

@@ -8,6 +8,7 @@ Layout (see docs/concepts.md)::
     RUN/adapt/                 phase 2: adaptor.safetensors, adaptor.json, checkpoint/
     RUN/metrics.jsonl          one line per logged step
     RUN/report.json            held-out evaluation, parameter counts, times
+    RUN/manifest.json          size and SHA-256 of every final weight file (rdiff.manifest)
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def mark_stages_done(directory: Path, done: list[str]) -> None:
     write_json(Path(directory) / STAGES, {"done": list(done)})
 
 
-def write_config(run_dir: Path, config: RunConfig) -> None:
-    """config.yaml: the fully resolved configuration."""
-    import yaml
+def write_config(run_dir: Path, config: RunConfig, note: str | None = None) -> None:
+    """config.yaml: the fully resolved configuration, after the comment lines it already had (what earlier
+    resumes changed) and ``note``."""
+    from rdiff.resume import config_text
 
-    write_bytes(Path(run_dir) / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode("utf-8"))
+    path = Path(run_dir) / "config.yaml"
+    write_bytes(path, config_text(path, to_dict(config), note).encode("utf-8"))
 
 
 def truncate_log(run_dir: Path, phase: str, stage: str, step: int) -> None:
@@ -97,7 +100,11 @@ class Run:
     overlap = 96
 
     @classmethod
-    def load(cls, path: str | Path) -> Run:
+    def load(cls, path: str | Path, *, reconstruct_only: bool = False) -> Run:
+        """Load a run directory. An adapted run loads with its adaptor, and refuses (naming the file) when
+        the adaptor is missing or damaged; ``reconstruct_only=True`` asks for the phase-1 model alone."""
+        from rdiff import manifest
+
         directory = Path(path)
         config_file = directory / "config.yaml"
         if not config_file.is_file():
@@ -108,15 +115,26 @@ class Run:
         done = stages_done(phase1)
         if list(done) != list(backbone.stages):
             raise UserError(f"run '{phase1.parent}' has not finished phase 1 (stages done: {', '.join(done) or 'none'}).")
+        manifest.verify(phase1.parent, "reconstruct")
         _load(backbone, phase1, config.backbone)
         adaptor_file = directory / "adapt" / "adaptor.safetensors"
-        adapted = adaptor_file.is_file()
+        adapted = not reconstruct_only and (adaptor_file.is_file() or manifest.expects_adaptor(directory))
         if adapted:
             from safetensors.torch import load_file
 
+            if not adaptor_file.is_file():  # never enhance silently un-adapted
+                raise UserError(f"adaptor file '{adaptor_file}' is missing, so run '{directory}' cannot enhance "
+                                f"as adapted; restore it, re-adapt with `rdiff adapt --from {directory}`, or pass "
+                                f"--reconstruct-only to use the phase-1 model alone.")
+            manifest.verify(directory, "adapt", hint="; pass --reconstruct-only to use the phase-1 model alone")
             adaptor = create_adaptor(config.adaptor, backbone, **config.adaptor_options)
             try:
-                adaptor.load_adaptor_state_dict(load_file(adaptor_file))
+                weights = load_file(adaptor_file)
+            except Exception as exc:  # noqa: BLE001 - safetensors' own error type; a damaged file either way
+                raise UserError(f"adaptor file '{adaptor_file}' is damaged ({str(exc).splitlines()[0]}); "
+                                f"pass --reconstruct-only to use the phase-1 model alone.") from None
+            try:
+                adaptor.load_adaptor_state_dict(weights)
             except RuntimeError as exc:
                 raise UserError(f"'{adaptor_file}' does not fit adaptor '{config.adaptor}' on this backbone: "
                                 f"{str(exc).splitlines()[0]}") from None
