@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if not ceiling_file.is_file():
         tests = [Path(args.data) / p for p in split["test"]]
         ceiling = measure_ceiling(rdiff.load_run(run_dir), tests)
-        ceiling["train_seconds"] = round(train_seconds)
+        report = json.loads((run_dir / "report.json").read_text())
+        # the recorded phase-1 time adds up over resumes; this call's own time is a fallback
+        ceiling["train_seconds"] = round(float((report.get("time_s") or {}).get("reconstruct", train_seconds)))
         ceiling_file.write_text(json.dumps(ceiling, indent=1))
     ceiling = json.loads(ceiling_file.read_text())
     print(json.dumps(ceiling, indent=1))
@@ -158,13 +160,18 @@ def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command)
     (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (target / "split.json").write_text(json.dumps(split, indent=1))
     (target / "ceiling.json").write_text(json.dumps(ceiling, indent=1))
+    recorded = run_dir / "manifest.json"
+    if recorded.is_file():  # sizes and hashes of the networks, checked whenever they are loaded
+        files = {k: v for k, v in json.loads(recorded.read_text()).get("files", {}).items() if k.startswith("reconstruct/")}
+        (target / "manifest.json").write_text(json.dumps({"files": files}, indent=1))
     size = sum(p.stat().st_size for p in target.rglob("*.safetensors"))
     shown = " ".join(["python", "tools/pretrain.py", "--backbone", args.backbone, "--modality", args.modality,
                       "--preset", args.preset, "--data", "DIR"])
     metrics = sorted(ceiling["phase1"])
     table = "\n".join([f"| | {' | '.join(metrics)} |", "|---" * (len(metrics) + 1) + "|",
                        *[f"| {label} | {' | '.join(str(ceiling[key][m]) for m in metrics)} |"
-                         for key, label in (("phase1", "phase 1, D(E(x))"), ("bicubic", "bicubic round trip"))]])
+                         for key, label in (("phase1", "phase 1, D(E(x))"), ("bicubic", "bicubic round trip"))
+                         if key in ceiling]])
     (target / "MODEL_CARD.md").write_text(f"""# {args.backbone} · {args.preset} · {args.modality}: pretrained phase 1
 
 Phase-1 networks (autoencoder and denoiser) of the `{args.backbone}` backbone at the `{args.preset}` preset,
