@@ -59,9 +59,11 @@ def replace_group_norms(module: nn.Module) -> int:
 
 def norm_layer(kind: str, channels: int, groups: int = 32, eps: float = 1e-6) -> nn.Module:
     """``group``: GroupNorm with the largest group count ≤ ``groups`` dividing ``channels``; ``channel``:
-    :class:`ChannelNorm`."""
+    :class:`ChannelNorm`; ``none``: no normalisation."""
     if kind == "channel":
         return ChannelNorm(channels, eps=eps)
+    if kind == "none":  # the input's own values matter (e.g. an image's brightness): no normalisation
+        return nn.Identity()
     if kind != "group":
         raise ValueError(f"unknown normalisation {kind!r} (expected 'group' or 'channel')")
     count = max(g for g in range(1, max(1, min(groups, channels)) + 1) if channels % g == 0)

@@ -15,7 +15,7 @@ class ResidualConfig:
     position: Literal["paper", "all"] = "paper"  # paper: autoencoder encoder + denoiser down and middle blocks; all: every target the backbone offers
     init: Literal["zero", "paper"] = "zero"  # zero: last conv zero-initialised, so the adapted model starts equal to its base; paper: PyTorch's default init, as the paper's code
     norm_groups: int = 32  # GroupNorm groups of each layer (lowered to the largest divisor of the block's channels)
-    norm: Literal["auto", "group", "channel"] = "auto"  # auto: as the adapted block normalises (GroupNorm, or per-pixel ChannelNorm on tile-invariant backbones)
+    norm: Literal["auto", "group", "channel", "none"] = "auto"  # auto: as the backbone asks for each target (GroupNorm; per-pixel ChannelNorm on tile-invariant backbones; none where values carry the signal)
 
 
 @dataclass

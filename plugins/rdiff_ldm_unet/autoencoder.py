@@ -68,6 +68,11 @@ def build_autoencoder(config: LatentConfig, channels: int) -> VQModel | Autoenco
         nn.init.zeros_(autoencoder.decoder.conv_out.weight)
         nn.init.zeros_(autoencoder.decoder.conv_out.bias)
     autoencoder.image_skip = channels if config.image_skip else 0
+    if config.image_skip:
+        # the whole latent (downsampled image + learned detail) passes here: an identity in phase 1 (no
+        # weights, so the saved networks are plain diffusers ones) and the place where phase 2 can correct
+        # the image's colour and illumination directly, which the learned branch alone reaches only weakly
+        autoencoder.latent_out = nn.Identity()
     return autoencoder
 
 
@@ -83,7 +88,12 @@ def encode_raw(autoencoder: VQModel | AutoencoderKL, images: torch.Tensor) -> to
     if isinstance(autoencoder, VQModel):
         return autoencoder.encode(images).latents
     latents = autoencoder.encode(images).latent_dist.mode()
-    return _add_image(latents, images, getattr(autoencoder, "image_skip", 0))
+    return _latent_out(autoencoder, _add_image(latents, images, getattr(autoencoder, "image_skip", 0)))
+
+
+def _latent_out(autoencoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    out = getattr(autoencoder, "latent_out", None)
+    return out(latents) if out is not None else latents
 
 
 def decode_raw(autoencoder: VQModel | AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
@@ -128,10 +138,17 @@ def encoder_resnets(autoencoder: nn.Module) -> list[tuple[str, ResnetBlock2D]]:
 
 
 def encoder_adaptation_targets(autoencoder: nn.Module, prefix: str, norm: str = "group") -> list[AdaptationTarget]:
-    """The end of every encoder res-block's residual branch (its ``conv2``), group ``encoder``."""
-    return [AdaptationTarget(name=f"{prefix}.{name}.conv2", group="encoder", module=block.conv2,
-                             channels=block.conv2.out_channels, norm=norm)
-            for name, block in encoder_resnets(autoencoder)]
+    """The end of every encoder res-block's residual branch (its ``conv2``), group ``encoder``; with an image
+    skip also the latent itself (un-normalised, so an adaptor sees the image's brightness and colour)."""
+    targets = [AdaptationTarget(name=f"{prefix}.{name}.conv2", group="encoder", module=block.conv2,
+                                channels=block.conv2.out_channels, norm=norm)
+               for name, block in encoder_resnets(autoencoder)]
+    latent_out = getattr(autoencoder, "latent_out", None)
+    if latent_out is not None:
+        channels = autoencoder.config.latent_channels
+        targets.append(AdaptationTarget(name=f"{prefix}.latent_out", group="encoder", module=latent_out,
+                                        channels=channels, norm="none"))
+    return targets
 
 
 def encoder_lora_targets(autoencoder: nn.Module) -> list[str]:
@@ -248,7 +265,7 @@ class AutoencoderLoss(nn.Module):
             reconstruction, regulariser = decoded.sample, config.codebook_weight * decoded.commit_loss.mean()
         else:
             posterior = autoencoder.encode(signed).latent_dist
-            latents = _add_image(posterior.sample(), signed, getattr(autoencoder, "image_skip", 0))
+            latents = _latent_out(autoencoder, _add_image(posterior.sample(), signed, getattr(autoencoder, "image_skip", 0)))
             reconstruction = decode_raw(autoencoder, latents)
             # KL summed over the latent and divided by the image's elements: the same balance against a
             # per-pixel L1 as latent diffusion's summed losses with kl_weight 1e-6
