@@ -522,6 +522,9 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
     (on the main process; ``None`` on the others)."""
     if not resume and (Path(run_dir) / "config.yaml").exists() and "reconstruct" in phases:
         raise UserError(f"run directory '{run_dir}' already holds a run; resume it or choose another directory.")
+    from rdiff import preflight
+
+    preflight.check(config, create_modality(config.modality, **config.modality_options), phases)
     engine = Engine(config, run_dir, resume=resume, cli_args=cli_args)
     engine.save_config()
     if "reconstruct" in phases:
