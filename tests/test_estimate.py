@@ -54,7 +54,7 @@ def test_activations_grow_with_batch_and_shrink_with_checkpointing():
 @pytest.mark.slow
 def test_estimate_is_within_25_percent_of_the_measured_cpu_peak():
     """Two real training steps in a fresh process (AdamW, clipping) against the printed total."""
-    layers = [{"backbone": "ldm-unet", "preset": "tiny", "train": {"image_size": 128, "batch_size": 6}}]
+    layers = [{"backbone": "ldm-unet", "preset": "tiny", "train": {"image_size": 128, "batch_size": 8}}]
     e = estimate(resolve_config(layers), phases=("reconstruct",))
     stage = next(s for s in e.stages if s.stage == "autoencoder")
     measured = measured_peak(layers, "autoencoder")
