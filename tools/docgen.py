@@ -303,6 +303,7 @@ def cli_markdown() -> str:
                 continue
             out.append(f"| `{_cell(_argument(arg))}` | {_cell(_default(arg))} | {_prose(arg.help or '')} |\n")
         out.append("\n")
+    out.append(CLI_DRY_RUN)
     out.append(CLI_ENVIRONMENT)
     return "".join(out).rstrip() + "\n"
 
@@ -334,6 +335,32 @@ once phase 1 has finished, `train.adapt_steps`, `train.steps.STAGE` of a stage t
 learning rates, the seed) was used to make the checkpoints: start a new run, or re-adapt a finished
 phase 1 with `rdiff adapt --from RUN --out NEW`. A run that has not saved a checkpoint yet may change any
 value but its backbone, modality, adaptor and preset. The times in report.json add up over resumes.
+
+"""
+
+CLI_DRY_RUN = """\
+## Memory and compute before a run: `rdiff train --dry-run`
+
+`--dry-run` (on `rdiff train` and `rdiff reconstruct`) resolves the configuration exactly as the run would,
+checks the data the run will need (training and held-out images against the crop size, so a preset that
+does not fit the data says so now rather than after training), prints the estimate below and trains
+nothing. "Will the paper preset fit a 24 GB card at batch 8?":
+
+```
+rdiff train --preset paper --data FOLDER --dry-run --set train.batch_size=8
+```
+
+For every stage (phase-1 stages, then `adapt`) at its per-device batch (`train.batch_size`,
+`train.adapt_batch_size`): trainable parameters; float32 weights of the whole model; gradients, AdamW's two
+moments and the EMA copy (`train.ema_decay` > 0) of the trainable parameters; under
+`train.mixed_precision=bf16|fp16` the 16-bit copies autocast makes of the weights; activations; the total;
+and FLOPs per optimiser step. Parameters come from the model built on the meta device (exact, no memory).
+Activations are measured: one crop at `train.image_size` goes through the stage's loss on the CPU and every
+tensor autograd keeps for the backward pass is counted (halved for 16-bit autocast), then scaled to the
+batch; `train.gradient_checkpointing=true` is measured with checkpointing on. FLOPs are counted on the
+same pass, a step being three forward passes. Not included: on a GPU the CUDA context and allocator slack
+(about 0.5-1.5 GiB), on a CPU the process's libraries (about 1 GiB). Checked against the peak resident
+memory of real training steps on the CPU: within 25 % (tests/test_estimate.py, docs/benchmarks.md).
 
 """
 

@@ -33,6 +33,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     _add_common_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="train nothing: check the data and print parameters, "
+                                                           "memory per device and FLOPs per step (docs/cli.md)")
 
 
 def _add_common_config_flags(p: argparse.ArgumentParser) -> None:
@@ -102,6 +104,10 @@ def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct"
             shipped.check_model(checkpoint, config.model)
             config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
             phases = ("adapt",)
+        if getattr(args, "dry_run", False):
+            from rdiff.estimate import dry_run
+
+            return dry_run(config, phases)
         if out is None:
             out = Path(config.out) if config.out else _fresh_run_dir(config)
         if (out / "config.yaml").exists():

@@ -10,6 +10,7 @@ dotted name and the closest valid key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,28 @@ from typing import Any, Literal
 import yaml
 
 from rdiff.errors import UserError, did_you_mean
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users mean it: only true/false are booleans (as in YAML 1.2). PyYAML follows YAML 1.1, where
+    no, off, yes, on, y and n are booleans too, so ``--set train.mixed_precision=no`` arrived as False and a
+    key ``no:`` as the key False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+# a bool field still takes the YAML 1.1 words, which now arrive as strings
+_TRUE_WORDS = {"yes", "y", "on", "true"}
+_FALSE_WORDS = {"no", "n", "off", "false"}
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 booleans (see :class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 @dataclass
@@ -142,6 +165,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
         raise UserError(f"config key '{where}' must be true or false, not {value!r}.")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -201,7 +226,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             raise UserError(f"--set takes key=value, got '{item}'.")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -217,7 +242,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file '{path}' does not exist.") from None
     except yaml.YAMLError as exc:

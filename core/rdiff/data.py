@@ -72,6 +72,12 @@ def load_items(modality: Modality, data: str | None, split: str, resize: int | N
     raw = [(resize_longest(img, resize), name) for img, name in raw]
     for img, name in raw:
         if min(img.shape[:2]) < min_size:
+            if data is None:  # say which data the preset needs, not only what is wrong
+                raise UserError(f"image '{name}' is {img.shape[1]}×{img.shape[0]} px, smaller than the "
+                                f"{min_size}-px training crops of this preset: the embedded {modality.name} "
+                                f"sample serves smaller presets only; give --data FOLDER with images of at least "
+                                f"{min_size} px on their short side (after resizing the long side to "
+                                f"train.resize={resize}), or set train.image_size lower.")
             raise UserError(f"image '{name}' is {img.shape[1]}×{img.shape[0]} px, smaller than the "
                             f"{min_size}-px training crops of this preset (set train.image_size lower).")
     if data is not None and split != "all":

@@ -28,7 +28,7 @@ from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
 from rdiff.errors import TrainingStopped, UserError
 from rdiff.evaluation import evaluate, heldout_pairs, path_options, validation_psnr
 from rdiff.plugins import plugins
-from rdiff.registry import create_adaptor, create_components
+from rdiff.registry import create_adaptor, create_components, create_modality
 from rdiff.report import build_report
 from rdiff.run import mark_stages_done, reconstruct_dir, stages_done, truncate_log, write_config
 from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, lr_factor, stable_seed
@@ -352,6 +352,7 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
     if not resume and (Path(run_dir) / "config.yaml").exists() and "reconstruct" in phases:
         raise UserError(f"run directory '{run_dir}' already holds a run; resume it or choose another directory.")
     preflight.check_run(config, run_dir, phases=phases)
+    preflight.check_heldout(config, create_modality(config.modality, **config.modality_options))
     fresh = not Path(run_dir).exists()
     try:
         engine = Engine(config, run_dir, resume=resume, cli_args=cli_args)

@@ -405,3 +405,13 @@ def discard_untrained(run_dir: str | Path) -> bool:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return True
+
+
+def check_heldout(config: Any, modality: Any) -> None:
+    """Load the held-out images now: they are read only for the evaluation that ends every run, and a preset
+    whose crops do not fit them (e.g. ``base`` on the embedded sample) would otherwise train both phases —
+    minutes to days — and then stop."""
+    from rdiff.data import load_items
+
+    train = config.train
+    load_items(modality, config.data, "heldout", train.resize, train.image_size, train.bad_images)

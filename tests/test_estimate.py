@@ -1,0 +1,62 @@
+"""``rdiff train --dry-run``: memory arithmetic a user can trust before renting a GPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from rdiff.registry import resolve_config
+from rdiff.estimate import estimate, format_estimate, measured_peak
+
+
+def test_paper_preset_arithmetic_without_building_weights():
+    """Counts come from the meta device: exact for the paper's 173.1 M parameters, with no memory spent."""
+    config = resolve_config([{"backbone": "ldm-unet", "preset": "paper"}])
+    e = estimate(config, measure=False)
+    assert round((e.params["autoencoder"] + e.params["denoiser"]) / 1e6, 1) == 173.1
+    stages = {s.stage: s for s in e.stages}
+    assert list(stages) == ["autoencoder", "denoiser", "adapt"]
+    total = e.params["autoencoder"] + e.params["denoiser"]
+    for s in stages.values():
+        assert s.weights >= 4 * total  # float32 master weights, whatever the autocast precision
+        assert s.gradients == 4 * s.trainable_params and s.optimizer == 8 * s.trainable_params  # AdamW: 2 moments
+        assert s.ema == 4 * s.trainable_params  # the preset's ema_decay 0.9999
+        assert s.autocast_copies == 2 * s.total_params  # bf16 copies of the weights
+    assert stages["denoiser"].trainable_params == e.params["denoiser"]
+    assert stages["autoencoder"].batch == 8 and stages["adapt"].batch == 1  # the preset's batches
+    # without EMA and in float32 those terms vanish
+    plain = estimate(resolve_config([{"backbone": "ldm-unet", "preset": "paper",
+                                      "train": {"ema_decay": 0.0, "mixed_precision": "no"}}]), measure=False)
+    assert all(s.ema == 0 and s.autocast_copies == 0 for s in plain.stages)
+
+
+def test_dry_run_prints_every_term(capsys):
+    from rdiff.cli import main
+
+    assert main(["train", "--backbone", "cnn-ae", "--preset", "tiny", "--dry-run",
+                 "--set", "train.batch_size=2"]) == 0
+    out = capsys.readouterr().out
+    for word in ("parameters:", "precision: float32", "gradient checkpointing: off", "weights", "gradients",
+                 "AdamW", "EMA", "activations", "GFLOP/step", "peak per device:", "autoencoder", "adapt"):
+        assert word in out, word
+
+
+def test_activations_grow_with_batch_and_shrink_with_checkpointing():
+    base = {"backbone": "ldm-unet", "preset": "tiny", "train": {"image_size": 64}}
+    one = estimate(resolve_config([base, {"train": {"batch_size": 1}}]), phases=("reconstruct",))
+    four = estimate(resolve_config([base, {"train": {"batch_size": 4}}]), phases=("reconstruct",))
+    assert four.stages[0].activations == 4 * one.stages[0].activations > 0
+    assert four.stages[0].flops == pytest.approx(4 * one.stages[0].flops)
+    checkpointed = estimate(resolve_config([base, {"train": {"batch_size": 4, "gradient_checkpointing": True}}]),
+                            phases=("reconstruct",))
+    assert checkpointed.stages[0].activations < 0.7 * four.stages[0].activations
+
+
+@pytest.mark.slow
+def test_estimate_is_within_25_percent_of_the_measured_cpu_peak():
+    """Two real training steps in a fresh process (AdamW, clipping) against the printed total."""
+    layers = [{"backbone": "ldm-unet", "preset": "tiny", "train": {"image_size": 128, "batch_size": 8}}]
+    e = estimate(resolve_config(layers), phases=("reconstruct",))
+    stage = next(s for s in e.stages if s.stage == "autoencoder")
+    measured = measured_peak(layers, "autoencoder")
+    ratio = measured["peak_bytes"] / stage.total
+    assert 0.75 <= ratio <= 1.25, (format_estimate(e), measured)
