@@ -91,15 +91,20 @@ class Run:
 
     def evaluate(self, *, data: str | None = None, pairs: str | None = None, crops: int | None = None,
                  paths: list[str] | None = None) -> dict[str, Any]:
-        """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
+        """Score the run: with ``data``, the test part of that folder's split by subject (whole images at the
+        working scale, degraded by the modality's simulator; as ``rdiff bench --data`` scores them); without,
+        the held-out crops of the run's own data; or whole real ``pairs`` at native resolution."""
         from rdiff.data import degraded_crops, load_items, load_pair_folder
         from rdiff.evaluation import evaluate, path_options, score
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
+        if data is not None and pairs is None:
+            from rdiff_bench.real_data import evaluate_run
+
+            return evaluate_run(self, data, paths)
         if pairs is None:
-            split = "all" if data is not None else "heldout"
-            items = load_items(self.modality, data if data is not None else cfg.data, split,
+            items = load_items(self.modality, cfg.data, "heldout",
                                cfg.train.resize, cfg.train.image_size, cfg.train.bad_images)
             held = degraded_crops(self.modality, items, cfg.train.image_size, crops or cfg.eval.crops, cfg.eval.seed)
             return evaluate(self.backbone, self.modality, held, default_path=cfg.eval.path,
