@@ -710,7 +710,8 @@ def _digits(name: str) -> int:
 
 def results_markdown(report: dict[str, Any]) -> str:
     s, rows = report["settings"], report["rows"]
-    names = [k for k in rows[0]["metrics"]] if rows else []
+    first = ("psnr", "ssim")  # then the modality's own metrics, in its order
+    names = sorted(rows[0]["metrics"], key=lambda k: first.index(k) if k in first else len(first)) if rows else []
     counts = s["split_counts"]
     budget = []
     for backbone, info in s["runs"].items():
