@@ -1082,7 +1082,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     # --- real-data benchmark (rdiff_bench.real_data): with --data, --backbones/--modalities are optional
     p.add_argument("--backbones", help="comma-separated backbone names, e.g. cnn-ae,ldm-unet,dit (required without "
                                        "--data; with --data default ldm-unet)")
-    p.add_argument("--modalities", help="comma-separated modality names, e.g. fundus,oct,photo (required without --data)")
+    p.add_argument("--modalities",
+                   help="comma-separated modality names, e.g. fundus,oct,photo (required without --data)")
     # --- end real-data benchmark
     p.add_argument("--adaptors", default=",".join(defaults.adaptors), help="comma-separated adaptor names")
     p.add_argument("--preset", default=defaults.preset, help="backbone preset the runs start from")

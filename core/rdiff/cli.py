@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "bench --data makes it), each image whole at the run's working scale, degraded by "
                                   "the run's modality; without --data: held-out crops of the run's own data")
     p.add_argument("--pairs", help="folder with lq/ and hq/: real pairs, scored whole at native resolution")
-    p.add_argument("--crops", type=int, help="number of held-out crops (default: the run's eval.crops; not used with --data)")
+    p.add_argument("--crops", type=int,
+                   help="number of held-out crops (default: the run's eval.crops; not used with --data)")
     p.add_argument("--paths", help="comma-separated paths to score (default: all), e.g. fast,ddim10")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_evaluate)

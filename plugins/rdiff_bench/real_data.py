@@ -83,7 +83,8 @@ def settings_from_args(args: argparse.Namespace) -> RealSettings:
     if not modality and args.modalities:
         names = [n.strip() for n in args.modalities.split(",") if n.strip()]
         if len(names) != 1:
-            raise UserError(f"--data holds one modality; name it with --modality, not --modalities '{args.modalities}'.")
+            raise UserError(f"--data holds one modality; name it with --modality, not --modalities "
+                            f"'{args.modalities}'.")
         modality = names[0]
     if not modality:
         raise UserError("--data needs --modality NAME (the modality of the images in the folder).")
@@ -719,13 +720,15 @@ def results_markdown(report: dict[str, Any]) -> str:
         budget.append(f"{backbone}: phase 1 {', '.join(f'{k} {v}' for k, v in train['steps'].items())} steps at batch "
                       f"{train['batch_size']}, adaptation {train['adapt_steps']} steps, working scale "
                       f"{train['resize'] or 'native'} px")
+    pairs = (f"the real pairs in `{s['pairs']}`" if s["pairs"]
+             else "the pairs part, degraded on the fly by the modality's simulator")
+    tests = (f"the real pairs in `{s['test']}`" if s["test"]
+             else "the test part degraded by the simulator (seed per image)")
     lines = [
         f"# rdiff bench on real data: {s['modality']}", "",
         f"Data `{s['data']}`, split by subject into {counts['train']} train / {counts['pairs']} pairs / "
-        f"{counts['test']} test files (`split.json`). Adaptation on "
-        f"{'the real pairs in `' + s['pairs'] + '`' if s['pairs'] else 'the pairs part, degraded on the fly by the modality simulator'}; "
-        f"test: {s['test_images']} whole images, "
-        f"{'the real pairs in `' + s['test'] + '`' if s['test'] else 'the test part degraded by the simulator (seed per image)'}, "
+        f"{counts['test']} test files (`split.json`). Adaptation on {pairs}; test: {s['test_images']} whole "
+        f"images, {tests}, "
         f"scored at the working scale inside the region of interest. Preset `{s['preset']}`; {s['seeds']} seed(s). "
         + "; ".join(budget) + ".", "",
         "Adapted, scratch and (with simulated pairs) colour-regression rows: mean ± sample std over the seeds; "
