@@ -431,6 +431,7 @@ class RealBench:
         run_dir = self.out / "runs" / f"phase1-{backbone}-{_key(phase)}"
         config = replace(config, out=str(run_dir))
         self.check_no_leak(config, split)  # before anything trains
+        self.budget_note(backbone, config)
         if run_dir.exists() and not self.s.force and _phase1_done(run_dir, config):
             say(f"phase 1 of {backbone}: reusing the finished run '{run_dir}'")
             return run_dir, config
@@ -445,6 +446,20 @@ class RealBench:
         engine.reconstruct()  # stages finished before a kill are kept and skipped
         engine.write_report(None, None)
         return run_dir, config
+
+    def budget_note(self, backbone: str, config: Any) -> None:
+        """Say in results.md when the runs train less than the preset does (the bench's smoke-test budget)."""
+        from rdiff.api import get_preset
+
+        train = get_preset(backbone, self.s.preset).get("train", {})
+        short = [f"{stage} {config.train.steps.get(stage)} of {n}" for stage, n in (train.get("steps") or {}).items()
+                 if config.train.steps.get(stage, n) < n]
+        if config.train.adapt_steps < train.get("adapt_steps", 0):
+            short.append(f"adaptation {config.train.adapt_steps} of {train['adapt_steps']}")
+        if short:
+            self.notes.append(f"- **Budget warning** ({backbone}): fewer steps than the `{self.s.preset}` preset "
+                              f"trains ({', '.join(short)}); the figures test the pipeline more than the method. "
+                              "Pass `--reconstruct-steps preset --adapt-steps preset` for the preset's own budget.")
 
     def check_no_leak(self, config: Any, split: dict[str, list[Path]]) -> None:
         """Stop when a subject that phase 1 trained on would be scored."""
