@@ -1125,16 +1125,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="For every backbone × modality (× adaptor) and seed: train phase 1 once, adapt it with each "
                     "pairs count, train the same backbone from scratch on the same pairs, score everything on "
                     "fixed held-out crops; write results.json, results.md and plots to --out. Finished work is "
-                    "cached (re-running skips it; --force recomputes).")
-    p.add_argument("--backbones", required=True, help="comma-separated backbone names, e.g. cnn-ae,ldm-unet,dit")
-    p.add_argument("--modalities", required=True, help="comma-separated modality names, e.g. fundus,oct,photo")
+                    "cached (re-running skips it; --force recomputes). With --data DIR --modality NAME: the "
+                    "real-data benchmark on your own folder (split by subject, whole test images; see "
+                    "docs/benchmarks.md).")
+    # --- real-data benchmark (rdiff_bench.real_data): with --data, --backbones/--modalities are optional
+    p.add_argument("--backbones", help="comma-separated backbone names, e.g. cnn-ae,ldm-unet,dit (required without "
+                                       "--data; with --data default ldm-unet)")
+    p.add_argument("--modalities",
+                   help="comma-separated modality names, e.g. fundus,oct,photo (required without --data)")
+    # --- end real-data benchmark
     p.add_argument("--adaptors", default=",".join(defaults.adaptors), help="comma-separated adaptor names")
     p.add_argument("--preset", default=defaults.preset, help="backbone preset the runs start from")
     p.add_argument("--pairs-counts", default=",".join(map(str, defaults.pairs_counts)),
                    help="comma-separated numbers of training pairs; the largest is reported in full (sampling "
-                        "paths, by degradation type, convergence)")
+                        "paths, by degradation type, convergence); not used with --data")
     p.add_argument("--seeds", type=int, default=defaults.seeds, help="training seeds per cell (0, 1, ...)")
-    p.add_argument("--crops", type=int, default=defaults.crops, help="held-out crops per modality")
+    p.add_argument("--crops", type=int, default=defaults.crops,
+                   help="held-out crops per modality (not used with --data, which scores whole test images)")
     p.add_argument("--reconstruct-steps", type=_budget, default=defaults.reconstruct_steps,
                    help="phase-1 steps of every backbone stage, or 'preset' for the preset's own (the tiny "
                         "presets train 300-400)")
@@ -1150,6 +1157,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dry-run", action="store_true", help="print the units to run and the time estimate, then stop")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="configuration key for every run, e.g. --set train.adapt_lr=3e-4 (repeatable)")
+    # --- real-data benchmark (rdiff_bench.real_data)
+    from rdiff_bench.real_data import add_arguments as add_real_data_arguments
+
+    add_real_data_arguments(p)
+    # --- end real-data benchmark
     p.set_defaults(handler=cmd_bench)
     return p
 
@@ -1204,6 +1216,15 @@ def require_matplotlib() -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Exit code 0 when every row has figures, 1 when some failed (everything else is still written)."""
+    # --- real-data benchmark (rdiff_bench.real_data): --data hands the whole command over
+    if getattr(args, "data", None):
+        from rdiff_bench import real_data
+
+        return real_data.run(args)
+    for flag in ("backbones", "modalities"):
+        if not getattr(args, flag):
+            raise UserError(f"rdiff bench needs --{flag} (or --data DIR --modality NAME for the real-data benchmark).")
+    # --- end real-data benchmark
     bench = Bench(settings_from_args(args))
     if not bench.settings.dry_run:
         require_matplotlib()
