@@ -45,7 +45,7 @@ def engine_loop(steps: int, seed: int) -> tuple[float, float]:
     """Seconds per step of the engine on the denoiser stage."""
     from rdiff import hookimpl
     from rdiff.checkpoints import write_json
-    from rdiff.cli import resolve_config
+    from rdiff.registry import resolve_config
     from rdiff.engine import Engine
     from rdiff.plugins import plugins
 

@@ -30,7 +30,7 @@ def measure(job: dict) -> dict:
 
     from rdiff import hookimpl
     from rdiff.checkpoints import write_json
-    from rdiff.cli import resolve_config
+    from rdiff.registry import resolve_config
     from rdiff.engine import Engine
     from rdiff.plugins import plugins
 

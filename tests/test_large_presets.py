@@ -125,6 +125,10 @@ def _check_and_log(backbone: str, preset: str, size: int, precision: str, run: P
 
 
 @pytest.mark.slow
+# A step of the paper preset takes tens of minutes of a 2-core CPU (one never finished within 48 minutes on
+# a loaded machine): these run on request, not in every CI run.
+@pytest.mark.skipif(not os.environ.get("RDIFF_TEST_LARGE_PRESETS"),
+                    reason="set RDIFF_TEST_LARGE_PRESETS=1 to train the base and paper presets on this CPU")
 @pytest.mark.parametrize("precision", ["no", pytest.param("bf16", marks=pytest.mark.skipif(
     os.environ.get("RDIFF_TEST_BF16") != "1", reason="bf16 autocast is 10-17x slower on this CPU; "
                                                      "RDIFF_TEST_BF16=1 runs it"))])

@@ -224,7 +224,11 @@ def test_adaptation_targets_name_real_res_blocks(name):
         assert backbone.get_submodule(target.name) is target.module
         assert target.group in ("encoder", "denoiser_down", "denoiser_mid", "denoiser_up")
     encoder = [t for t in targets if t.group == "encoder"]
-    assert all(t.name.startswith("autoencoder.encoder.") and t.name.endswith(".conv2") for t in encoder)
+    # every encoder res-block, and with the tiny preset's image skip the latent itself (un-normalised, where
+    # phase 2 corrects colour and illumination)
+    blocks = [t for t in encoder if t.name != "autoencoder.latent_out"]
+    assert blocks and all(t.name.startswith("autoencoder.encoder.") and t.name.endswith(".conv2") for t in blocks)
+    assert [t.norm for t in encoder if t.name == "autoencoder.latent_out"] == ["none"]
     if name == "ldm-unet":
         assert "denoiser_mid" in groups and all(t.layout == "BCHW" for t in targets)
     else:
@@ -316,12 +320,13 @@ def test_unet_forward_equals_diffusers_at_the_paper_layout():
 def test_dit_forward_equals_diffusers_and_takes_non_square_latents():
     from rdiff_dit.backbone import dit_forward
 
-    dit = tiny("dit").denoiser
-    sample, t = torch.randn(2, 6, 8, 8), torch.tensor([5, 900])
+    backbone = tiny("dit")
+    dit, channels = backbone.denoiser, backbone.config.latent_channels
+    sample, t = torch.randn(2, 2 * channels, 8, 8), torch.tensor([5, 900])
     with torch.no_grad():
         reference = dit(sample, t, class_labels=torch.zeros(2, dtype=torch.long)).sample
         assert torch.equal(dit_forward(dit, sample, t), reference)
-        assert dit_forward(dit, torch.randn(2, 6, 8, 12), t).shape == (2, 3, 8, 12)
+        assert dit_forward(dit, torch.randn(2, 2 * channels, 8, 12), t).shape == (2, channels, 8, 12)
 
 
 # --- enhancement ------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ _DTYPE_NAMES = {value: name for name, value in DTYPES.items()}
 
 def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray, *, roi: np.ndarray | None = None,
                   path: str = "fast", steps: int = 10, eta: float = 1.0, seed: int = 0, tile: int = 256,
-                  overlap: int = 96, batch: int = 1, device: str | torch.device | None = None,
+                  overlap: int | None = None, batch: int = 1, device: str | torch.device | None = None,
                   dtype: str = "float32", preserve_color: bool = False, progress: bool = False) -> np.ndarray:
     """The enhanced ``image`` (``H×W×C`` float32 in [0, 1]), same shape, at its native resolution.
 
@@ -87,6 +87,7 @@ def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray
         raise UserError(f"the image to enhance must be H×W×C, got shape {tuple(image.shape)}.")
     if image.shape[2] != backbone.channels:
         raise UserError(f"the image has {image.shape[2]} channel(s) but the backbone works on {backbone.channels}.")
+    overlap = min(int(backbone.tile_overlap), tile // 2) if overlap is None else overlap
     check_options(backbone, path=path, steps=steps, tile=tile, overlap=overlap, batch=batch)
     target = resolve_device(backbone, device)
     amp_dtype = resolve_dtype(dtype, target)
@@ -481,7 +482,7 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     their names relative to the folder they were found in, their format and bit depth; ``suffix`` is
     appended to each stem (``a.png`` → ``a_enh.png`` with ``suffix="_enh"``). ``compare`` also writes
     ``<stem>_compare.png``: input and enhanced side by side (the middle slice of a volume).
-    Defaults: the run's path, steps, eta and tile, the run's overlap (96 px), and the GPU when there is one
+    Defaults: the run's path, steps, eta and tile, the run's overlap (the backbone's ``tile_overlap``), and the GPU when there is one
     (else wherever the backbone is); the backbone is moved there once for all files and moved back after.
 
     A file that cannot be read or written is reported by name and skipped. Returns the exit code: 0 when
@@ -493,7 +494,7 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     backbone, modality = run.backbone, run.modality
     path = run.default_path if path is None else path
     tile = int(run.tile) if tile is None else tile
-    overlap = int(getattr(run, "overlap", 96)) if overlap is None else overlap
+    overlap = min(int(getattr(run, "overlap", backbone.tile_overlap)), tile // 2) if overlap is None else overlap
     steps = int(getattr(run, "default_steps", 10)) if steps is None else steps
     if eta is None:
         eta = float(run.config.eval.eta) if hasattr(getattr(run, "config", None), "eval") else 1.0

@@ -41,6 +41,9 @@ class Reconstructor(nn.Module, ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     stages: ClassVar[tuple[str, ...]] = ()  # phase-1 stages in training order, e.g. autoencoder, denoiser
     size_multiple: ClassVar[int] = 1  # H and W given to the networks must be multiples of this
+    # pixels neighbouring tiles share by default: wider than the networks' reach, so that a tiled image
+    # enhances like the whole one (within 2/255, tests/test_tile_invariance.py)
+    tile_overlap: ClassVar[int] = 96
 
     def __init__(self, config: Any, channels: int):
         super().__init__()

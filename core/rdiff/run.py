@@ -95,9 +95,11 @@ class Run:
         twice: a 512² image is one pass, a 1411² one two by two), at least twice the training crop."""
         return max(1024, 2 * self.config.train.image_size)
 
-    #: default overlap of neighbouring tiles: wider than the networks' reach, so tiles agree with the whole
-    #: image to well under 2/255 (measured on every tiny backbone) and no seam shows
-    overlap = 96
+    @property
+    def overlap(self) -> int:
+        """Default overlap of neighbouring tiles: the backbone's, wider than its networks' reach, so tiles
+        agree with the whole image (within 2/255) and no seam shows."""
+        return int(getattr(self.backbone, "tile_overlap", 96))
 
     @classmethod
     def load(cls, path: str | Path, *, reconstruct_only: bool = False) -> Run:

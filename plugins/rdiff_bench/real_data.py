@@ -347,7 +347,7 @@ class RealBench:
     # -- configurations -------------------------------------------------------------------------------------
     def config(self, backbone: str, *layers: dict[str, Any]) -> Any:
         """A run's resolved configuration: the preset, the bench's budget, ``--set``, then ``layers``."""
-        from rdiff.cli import resolve_config
+        from rdiff.registry import resolve_config
 
         s = self.s
         names = {"backbone": backbone, "modality": s.modality, "preset": s.preset, "adaptor": s.adaptors[0]}
@@ -497,7 +497,7 @@ class RealBench:
         import numpy as np
 
         from rdiff.data import load_items
-        from rdiff.engine import stable_seed
+        from rdiff.training import stable_seed
 
         train = config.train
         if self.s.pairs:
@@ -516,7 +516,7 @@ class RealBench:
         """input, CLAHE and the colour regression (per seed when the pairs are simulated)."""
         import numpy as np
 
-        from rdiff.bench import clahe  # noqa: the classical baseline of the synthetic bench (same module at merge)
+        from rdiff_bench.bench import clahe  # noqa: the classical baseline of the synthetic bench (same module at merge)
 
         rows = []
         say("scoring input and CLAHE")
@@ -643,7 +643,7 @@ class RealBench:
 
 
 def _engine(config: Any, run_dir: Path) -> Any:
-    from rdiff.bench import make_engine  # the bench's engine: no per-type scoring of validation crops
+    from rdiff_bench.bench import make_engine  # the bench's engine: no per-type scoring of validation crops
 
     return make_engine(config, run_dir)
 
@@ -686,7 +686,7 @@ def _paths(run: Any) -> dict[str, dict[str, Any]]:
 def make_row(method: str, backbone: str | None, adaptor: str | None, path: str | None,
              entries: list[tuple[int | None, dict[str, Any]]]) -> dict[str, Any]:
     """A row: mean ± sample std over the entries (seeds) of every metric, overall and by degradation type."""
-    from rdiff.bench import summarise
+    from rdiff_bench.bench import summarise
 
     scores = [{k: v for k, v in r.items() if k not in ("images", "sizes", "weights", "factor", "best_step")}
               for _, r in entries]

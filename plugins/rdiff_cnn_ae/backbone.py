@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdiff.layers import replace_group_norms
 from rdiff.errors import UserError
 from rdiff.plugins import declarations
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
@@ -68,6 +67,7 @@ class CNNAE(Reconstructor):
 
     capabilities = frozenset(declarations("rdiff_cnn_ae")["backbones"]["cnn-ae"]["capabilities"])
     stages = ("autoencoder",)
+    tile_overlap = 160  # three levels and a middle block at a quarter of the resolution: a wide reach
 
     def __init__(self, config: Any, channels: int):
         super().__init__(config, channels)
@@ -82,9 +82,7 @@ class CNNAE(Reconstructor):
         self.autoencoder = CNNAutoencoder(
             in_channels=channels, out_channels=channels, block_out_channels=tuple(widths),
             layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
-            norm_num_groups=config.norm_groups, timm_encoder=config.timm_encoder)
-        if config.norm == "channel":
-            replace_group_norms(self.autoencoder)
+            norm_num_groups=config.norm_groups, timm_encoder=config.timm_encoder, norm=config.norm)
         self.size_multiple = self.autoencoder.downsample_factor
 
     # --- the latent protocol -------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ class CNNAutoencoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int = 3, out_channels: int = 3,
                  block_out_channels: tuple[int, ...] = (64, 128, 256), layers_per_block: int = 2,
-                 latent_channels: int = 3, norm_num_groups: int = 32, timm_encoder: str | None = None):
+                 latent_channels: int = 3, norm_num_groups: int = 32, timm_encoder: str | None = None,
+                 norm: str = "group"):
         super().__init__()
         levels = len(block_out_channels)
         if timm_encoder:
@@ -88,6 +89,10 @@ class CNNAutoencoder(ModelMixin, ConfigMixin):
                                up_block_types=("UpDecoderBlock2D",) * levels,
                                block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                                norm_num_groups=norm_num_groups, mid_block_add_attention=False)
+        if norm == "channel":  # part of the config, so from_pretrained rebuilds the same network
+            from rdiff.layers import replace_group_norms
+
+            replace_group_norms(self)
 
     @property
     def downsample_factor(self) -> int:

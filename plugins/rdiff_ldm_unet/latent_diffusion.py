@@ -212,7 +212,8 @@ class LatentDiffusion(Reconstructor):
             # the denoiser's reach is wider than the autoencoder's and every step's difference is amplified
             # by the next: a quarter of the tile overlaps
             latents = self.sample(condition, steps=steps, eta=eta, generator=generator, noise=noise,
-                                  tile=(denoiser_tile, max(latent_overlap, denoiser_tile // 4), latent_multiple))
+                                  tile=(denoiser_tile, min(max(latent_overlap, denoiser_tile // 4), denoiser_tile // 2),
+                                        latent_multiple))
         return tiled_apply(self.decode, latents, latent_tile, latent_overlap, latent_multiple).clamp(0, 1)
 
     def ddim_scheduler(self) -> DDIMScheduler:
