@@ -67,7 +67,7 @@ class CNNAE(Reconstructor):
 
     capabilities = frozenset(declarations("rdiff_cnn_ae")["backbones"]["cnn-ae"]["capabilities"])
     stages = ("autoencoder",)
-    tile_overlap = 160  # three levels and a middle block at a quarter of the resolution: a wide reach
+    tile_overlap = 192  # three levels and a middle block at a quarter of the resolution: a wide reach
 
     def __init__(self, config: Any, channels: int):
         super().__init__(config, channels)
