@@ -125,7 +125,9 @@ def measure_ceiling(run, tests: list[Path]) -> dict:
     from rdiff.data import resize_longest, to_tensor
     from rdiff.evaluation import local_metrics
 
-    factor = run.backbone.size_multiple // max(1, getattr(run.backbone, "denoiser_multiple", lambda: 1)())
+    # how much smaller the latent is than the image: the bicubic row goes through an image that size
+    factor = run.backbone.size_multiple // run.backbone.latent_shape(run.backbone.size_multiple,
+                                                                     run.backbone.size_multiple)[1]
     rows = {"phase1": local_metrics(run.modality.metrics()), "bicubic": local_metrics(run.modality.metrics())}
     for path in tests:
         for image in run.modality.read_stack(path):

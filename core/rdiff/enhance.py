@@ -242,8 +242,8 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
         return fn(x)
     rows, cols = _plan_axis(height, tile, overlap, multiple), _plan_axis(width, tile, overlap, multiple)
     out = weight = None
-    for y in rows.starts:
-        for x0 in cols.starts:
+    for i, y in enumerate(rows.starts):
+        for j, x0 in enumerate(cols.starts):
             piece = fn(x[..., y:y + rows.size, x0:x0 + cols.size])
             scale = piece.shape[-2] / rows.size
             if out is None:
@@ -254,7 +254,6 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
                 starts_x = tuple(round(v * scale) for v in cols.starts)
                 win_y = [torch.from_numpy(w).to(piece) for w in _windows(starts_y, size_y)]
                 win_x = [torch.from_numpy(w).to(piece) for w in _windows(starts_x, size_x)]
-            i, j = rows.starts.index(y), cols.starts.index(x0)
             window = torch.outer(win_y[i], win_x[j])
             ys, xs = starts_y[i], starts_x[j]
             out[..., ys:ys + size_y, xs:xs + size_x] += piece * window
