@@ -186,9 +186,12 @@ def test_residual_layers_sit_in_the_adaptor_keyed_by_target_name(backbone_name):
     targets = backbone.adaptation_targets()
     paper = rdiff.create_adaptor("residual", backbone)
     assert set(backbone.state_dict()) == keys  # no layer, hook or buffer added to the base
-    expected = [t.name for t in targets if t.group in ("encoder", "denoiser_down", "denoiser_mid")]
+    expected = [t.name for t in targets if t.group in ("image", "encoder", "denoiser_down", "denoiser_mid")]
     assert paper.target_names == expected
-    assert {k.rsplit(".", 2)[0] for k in paper.adaptor_state_dict()} == set(expected)
+    # every weight is keyed "<target name>.<its layer's parameter>"
+    owners = {k: [n for n in expected if k.startswith(n + ".")] for k in paper.adaptor_state_dict()}
+    assert all(len(names) == 1 for names in owners.values())
+    assert {names[0] for names in owners.values()} == set(expected)
     everywhere = rdiff.create_adaptor("residual", backbone, position="all")  # replaces the first one
     assert everywhere.target_names == [t.name for t in targets]
     assert paper.branches._handles == []  # the replaced adaptor's hooks are gone
@@ -289,3 +292,42 @@ def test_controlnet_without_encoder_layers_leaves_the_encoder_as_it_was(backbone
     after = outputs(backbone, lq)
     assert torch.equal(after["latent"], before["latent"]) and torch.equal(after["fast"], before["fast"])
     assert not torch.equal(after["sample"], before["sample"])  # only the denoiser's path changed
+
+
+def test_the_image_field_learns_uneven_illumination_from_a_few_crops():
+    """The residual adaptor's layer on the input image (ColourField) corrects a vignetting and a colour cast
+    on a part of the photograph it never trained on; the res-block layers alone cannot see that far."""
+    from skimage import data, transform
+
+    photo = torch.from_numpy(transform.resize(data.retina(), (256, 256), anti_aliasing=True)).float().permute(2, 0, 1)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 256), torch.linspace(-1, 1, 256), indexing="ij")
+    field = (1 - 0.45 * ((ys - 0.3) ** 2 + (xs + 0.2) ** 2)).clamp_min(0.2)
+    degraded = (photo * field * torch.tensor([0.8, 0.7, 0.75])[:, None, None]).clamp(0, 1)
+    roi = (photo.amax(0, keepdim=True) > 0.05).float()
+
+    def crops(image, left):  # 128-px crops of the left half (training) or the right half (test)
+        return torch.stack([image[:, y:y + 128, x:x + 128] for y in (0, 64, 128)
+                            for x in ((0, 64) if left else (128,))])
+
+    torch.manual_seed(0)
+    # untrained, the tiny autoencoder is the image skip's round trip; the fast path alone, encoder on 32-px crops
+    backbone = rdiff.create_backbone("ldm-unet", preset="tiny", adapt_crop=32, diffusion_loss_weight=0.0)
+    adaptor = rdiff.create_adaptor("residual", backbone)
+    optimizer = torch.optim.AdamW(adaptor.trainable_parameters(), lr=3e-3)
+    lq, hq, mask = crops(degraded, True), crops(photo, True), crops(roi, True)
+    for _ in range(20):
+        loss, logs = backbone.adaptation_loss(lq, hq, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert "image" in logs
+
+    def psnr(a, b, m):
+        return float(-10 * torch.log10(((a - b) ** 2 * m).sum() / (m.sum() * 3)))
+
+    test_lq, test_hq, test_roi = crops(degraded, False), crops(photo, False), crops(roi, False)
+    with torch.no_grad():
+        adapted = backbone.enhance(test_lq, path="fast")
+        with adaptor.disabled():
+            base = backbone.enhance(test_lq, path="fast")
+    assert psnr(adapted, test_hq, test_roi) > psnr(base, test_hq, test_roi) + 3

@@ -222,17 +222,19 @@ def test_adaptation_targets_name_real_res_blocks(name):
     assert {"encoder", "denoiser_down", "denoiser_up"} <= groups
     for target in targets:
         assert backbone.get_submodule(target.name) is target.module
-        assert target.group in ("encoder", "denoiser_down", "denoiser_mid", "denoiser_up")
+        assert target.group in ("image", "encoder", "denoiser_down", "denoiser_mid", "denoiser_up")
     encoder = [t for t in targets if t.group == "encoder"]
     # every encoder res-block, and with the tiny preset's image skip the latent itself (un-normalised, where
     # phase 2 corrects colour and illumination)
     blocks = [t for t in encoder if t.name != "autoencoder.latent_out"]
     assert blocks and all(t.name.startswith("autoencoder.encoder.") and t.name.endswith(".conv2") for t in blocks)
     assert [t.norm for t in encoder if t.name == "autoencoder.latent_out"] == ["none"]
+    # with the image skip the input image itself is a target too, before the encoder, seen whole
+    assert [(t.name, t.layout) for t in targets if t.group == "image"] == [("autoencoder.image_in", "BCHW")]
     if name == "ldm-unet":
         assert "denoiser_mid" in groups and all(t.layout == "BCHW" for t in targets)
     else:
-        assert {t.layout for t in targets if t.group != "encoder"} == {"BLC"}
+        assert {t.layout for t in targets if t.group not in ("encoder", "image")} == {"BLC"}
 
 
 @pytest.mark.parametrize("name", BACKBONES)

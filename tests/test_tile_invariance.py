@@ -64,3 +64,26 @@ def test_tiles_are_spread_evenly_and_few():
         assert all(s >= overlap for s in shared)  # neighbours always share at least the overlap
         # never more pixels than one extra overlap per cut, plus rounding to the size multiple
         assert axis.size * len(axis.starts) <= axis.padded + len(shared) * (overlap + 2 * 16) + 16
+
+
+@pytest.mark.parametrize("name", ["ldm-unet", "dit"])
+def test_an_adapted_backbone_tiles_like_the_whole_image(name):
+    """With the residual adaptor attached (its image-wide colour field included), every layer given
+    weights, tiles still agree with the whole image: the field is computed once, over the whole image."""
+    backbone, modality = trained_like(name), rdiff.create_modality("fundus")
+    adaptor = rdiff.create_adaptor("residual", backbone)
+    assert any(t.group == "image" for t in backbone.adaptation_targets())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in adaptor.trainable_parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.02)
+    image = photograph(320)
+    roi = modality.roi(image)
+    base = enhance_image(backbone, modality, image, roi=roi, tile=1024, path="fast")
+    with adaptor.disabled():
+        unadapted = enhance_image(backbone, modality, image, roi=roi, tile=1024, path="fast")
+    assert np.abs(base - unadapted)[roi].max() > 4 / 255  # the adaptor does change the image
+    tiled = enhance_image(backbone, modality, image, roi=roi, tile=256, path="fast")
+    difference = np.abs(tiled - base)[roi]
+    assert difference.max() <= LIMIT, f"{name} adapted: tiles differ by up to {difference.max() * 255:.1f}/255"

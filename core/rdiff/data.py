@@ -277,19 +277,31 @@ def stack(pairs: list[Pair]) -> dict[str, torch.Tensor]:
             "roi": torch.stack([to_tensor(p.roi) for p in pairs])}
 
 
-def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[Pair]]:
-    """The training and validation pairs of phase 2: a user's folder (the last fifth validates), or crops
-    of the training images degraded on the fly (seeded)."""
+def adaptation_size(train: Any, images: list[np.ndarray]) -> int:
+    """The side of phase-2 crops: ``train.adapt_image_size`` (default: the phase-1 crop), no larger than the
+    smallest image's short side (rounded down to a multiple of 16) and never below the phase-1 crop."""
+    wanted = train.adapt_image_size or train.image_size
+    if wanted <= train.image_size:
+        return wanted
+    fits = min(min(image.shape[:2]) for image in images) // 16 * 16
+    return max(train.image_size, min(wanted, fits))
+
+
+def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[Pair], int]:
+    """The training and validation pairs of phase 2 and the side of their crops
+    (:func:`adaptation_size`): a user's folder (the last fifth validates), or crops of the training images
+    degraded on the fly (seeded)."""
     cfg, train = config, config.train
     if cfg.pairs:
         all_pairs = load_pair_folder(modality, cfg.pairs, train.resize)
         if len(all_pairs) < 2:
             raise UserError(f"pairs folder '{cfg.pairs}' holds {len(all_pairs)} pair; at least 2 are needed "
                             f"(one to train, one to validate).")
+        size = adaptation_size(train, [p.hq for p in all_pairs])
         n_val = min(max(1, len(all_pairs) // 5), len(all_pairs) - 1)
-        val = fixed_crops(all_pairs[-n_val:], train.image_size, max(train.val_pairs, n_val), cfg.seed + 1)
-        return all_pairs[:-n_val], val
+        val = fixed_crops(all_pairs[-n_val:], size, max(train.val_pairs, n_val), cfg.seed + 1)
+        return all_pairs[:-n_val], val, size
     items = load_items(modality, cfg.data, "train", train.resize, train.image_size, train.bad_images)
-    made = degraded_crops(modality, items, train.image_size, train.pairs + train.val_pairs,
-                          stable_seed(cfg.seed, "pairs"))
-    return made[:train.pairs], made[train.pairs:]
+    size = adaptation_size(train, [item.image for item in items])
+    made = degraded_crops(modality, items, size, train.pairs + train.val_pairs, stable_seed(cfg.seed, "pairs"))
+    return made[:train.pairs], made[train.pairs:], size

@@ -128,16 +128,16 @@ class Engine:
         manifest.verify(self.reconstruct_dir.parent, "reconstruct")
         self.backbone.load(self.reconstruct_dir)
 
-    def pairs(self) -> tuple[list, list]:
-        """Training and validation pairs of phase 2 (see :func:`rdiff.data.adaptation_pairs`)."""
+    def pairs(self) -> tuple[list, list, int]:
+        """Training and validation pairs of phase 2 and their crop side (:func:`rdiff.data.adaptation_pairs`)."""
         return adaptation_pairs(self.modality, self.config)
 
     def adapt(self) -> dict[str, Any]:
         """Attach the adaptor to the frozen backbone and train only it; keep the best by validation PSNR."""
         cfg, train = self.config, self.config.train
         started = time.perf_counter()
-        train_pairs, val_pairs = self.pairs()
-        self.say(f"adapting with {len(train_pairs)} pairs ({len(val_pairs)} validation crops)")
+        train_pairs, val_pairs, size = self.pairs()
+        self.say(f"adapting with {len(train_pairs)} pairs ({len(val_pairs)} validation crops of {size} px)")
         adaptor = create_adaptor(cfg.adaptor, self.backbone, **cfg.adaptor_options).to(self.device)
         params = list(adaptor.trainable_parameters())
         if train.train_base:
@@ -164,7 +164,7 @@ class Engine:
 
         steps = train.adapt_steps
         length = steps * train.grad_accum * train.adapt_batch_size * self.accelerator.num_processes
-        dataset = PairCrops(train_pairs, train.image_size, length, stable_seed(cfg.seed, "adapt"))
+        dataset = PairCrops(train_pairs, size, length, stable_seed(cfg.seed, "adapt"))
         fit = Fit(phase="adapt", stage="adapt", params=params, dataset=dataset, steps=steps, lr=train.adapt_lr,
                   batch_size=train.adapt_batch_size,
                   loss=lambda model, b: model("adaptation_loss", b["lq"], b["hq"], b["roi"]),

@@ -30,15 +30,13 @@ class ChannelNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` is ``B×C×...`` (images ``B×C×H×W``, or ``B×C×L`` as diffusers' attention hands its norm)."""
-        # statistics in float32 even under autocast: a variance over few channels is fragile in half precision
-        work = x.float()
-        mean = work.mean(dim=1, keepdim=True)
-        var = work.var(dim=1, keepdim=True, unbiased=False)
-        out = ((work - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
-        if self.weight is not None:
-            shape = (1, self.num_channels, *([1] * (x.dim() - 2)))
-            out = out * self.weight.view(shape).to(out.dtype) + self.bias.view(shape).to(out.dtype)
-        return out
+        # statistics in float32 even under autocast: a variance over few channels is fragile in half precision;
+        # layer_norm over channels-last is one fused kernel (a reduction over dim 1 is several times slower)
+        work = x.float().movedim(1, -1)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        out = torch.nn.functional.layer_norm(work, (self.num_channels,), weight, bias, self.eps)
+        return out.movedim(-1, 1).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}"

@@ -133,9 +133,21 @@ def model_hash(model: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def adaptation_keys(backbone: str) -> frozenset[str]:
+    """Model keys that steer phase 2 only (the backbone config's ``ADAPTATION_KEYS``): free to differ from
+    a pretrained phase 1's."""
+    from rdiff.plugins import plugins
+
+    config = plugins().get("backbone", backbone).config
+    return frozenset(getattr(config, "ADAPTATION_KEYS", ()))
+
+
 def check_model(checkpoint: Pretrained, model: dict[str, Any]) -> None:
-    """Refuse, in one sentence, a model configuration the checkpoint was not trained with."""
-    trained = checkpoint.config.get("model", {})
+    """Refuse, in one sentence, a model configuration the checkpoint was not trained with (keys that steer
+    phase 2 only may differ)."""
+    free = adaptation_keys(checkpoint.backbone)
+    trained = {k: v for k, v in checkpoint.config.get("model", {}).items() if k not in free}
+    model = {k: v for k, v in model.items() if k not in free}
     if model_hash(trained) == model_hash(model):
         return
     differing = sorted(k for k in set(trained) | set(model) if trained.get(k) != model.get(k))

@@ -25,7 +25,10 @@ class AdaptationTarget:
     """
 
     name: str  # dotted path inside the backbone, stable across runs (adaptor weights are keyed by it)
-    group: str  # "encoder", "denoiser_down", "denoiser_mid" or "denoiser_up"
+    # "encoder", "denoiser_down", "denoiser_mid", "denoiser_up", or "image": the input image itself in [0, 1]
+    # before the networks, where an adaptor corrects colour and illumination (the backbone runs that target
+    # on the whole image, never per tile, so a layer there may look across the image)
+    group: str
     module: nn.Module
     channels: int
     layout: Literal["BCHW", "BLC"] = "BCHW"  # image-shaped features or token sequences

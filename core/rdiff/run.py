@@ -86,8 +86,10 @@ class Run:
 
     @property
     def default_steps(self) -> int:
-        path = self.config.eval.path
-        return int(path[4:]) if path.startswith("ddim") and path[4:].isdigit() else self.config.eval.sample_steps[0]
+        path, listed = self.config.eval.path, self.config.eval.sample_steps
+        if path.startswith("ddim") and path[4:].isdigit():
+            return int(path[4:])
+        return listed[0] if listed else 50  # no sampling path evaluated: DDIM's usual 50 when one is asked for
 
     @property
     def tile(self) -> int:

@@ -16,6 +16,7 @@ class ResidualConfig:
     init: Literal["zero", "paper"] = "zero"  # zero: last conv zero-initialised, so the adapted model starts equal to its base; paper: PyTorch's default init, as the paper's code
     norm_groups: int = 32  # GroupNorm groups of each layer (lowered to the largest divisor of the block's channels)
     norm: Literal["auto", "group", "channel", "none"] = "auto"  # auto: as the backbone asks for each target (GroupNorm; per-pixel ChannelNorm on tile-invariant backbones; none where values carry the signal)
+    image: bool = True  # where the backbone offers its input image as a target, correct colour and illumination there with a smooth field of colour maps (ColourField); off: res-blocks only
 
 
 @dataclass

@@ -22,10 +22,12 @@ from rdiff.plugins import declarations
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 from .base import DetachableAdaptor, check_keys, detached
+from .colour_field import ColourField
 
 # Where the paper put its adaptors: every res-block of the autoencoder's encoder (the adapted encoder E')
-# and the encoder-side and middle res-blocks of the denoiser.
-PAPER_GROUPS = frozenset({"encoder", "denoiser_down", "denoiser_mid"})
+# and the encoder-side and middle res-blocks of the denoiser; and, where a backbone offers one, the image
+# itself before its networks (group ``image``: a ColourField, see colour_field.py).
+PAPER_GROUPS = frozenset({"encoder", "denoiser_down", "denoiser_mid", "image"})
 
 
 class ResidualLayer(nn.Module):
@@ -52,6 +54,13 @@ class ResidualLayer(nn.Module):
         return self.proj(self.act(self.norm(hidden)))
 
 
+def _layer(target: AdaptationTarget, norm_groups: int, zero_init: bool, norm: str) -> nn.Module:
+    if target.group == "image":
+        return ColourField(target.channels, zero_init=zero_init)
+    return ResidualLayer(target.channels, target.layout, norm_groups, zero_init,
+                         target.norm if norm == "auto" else norm)
+
+
 def _module_key(name: str) -> str:
     # nn.ModuleDict keys cannot hold dots; the targets' dotted names are kept for saving (named_state)
     return name.replace(".", "/")
@@ -74,9 +83,7 @@ class ResidualBranches(nn.Module):
         self.names = names
         # "auto": each layer normalises as the block it joins does (AdaptationTarget.norm), so an adaptor on a
         # backbone without spatial statistics keeps it tile-invariant
-        self.layers = nn.ModuleDict({_module_key(t.name): ResidualLayer(t.channels, t.layout, norm_groups, zero_init,
-                                                                        t.norm if norm == "auto" else norm)
-                                     for t in targets})
+        self.layers = nn.ModuleDict({_module_key(t.name): _layer(t, norm_groups, zero_init, norm) for t in targets})
         self._is_active = is_active
         self._handles = [t.module.register_forward_hook(self._hook(self.layers[_module_key(t.name)]))
                          for t in targets]
@@ -116,7 +123,7 @@ class ResidualAdaptor(DetachableAdaptor):
     def _attach(self, config: Any, backbone: Reconstructor) -> None:
         offered = backbone.adaptation_targets()
         wanted = PAPER_GROUPS if config.position == "paper" else None
-        targets = [t for t in offered if wanted is None or t.group in wanted]
+        targets = [t for t in offered if (wanted is None or t.group in wanted) and (config.image or t.group != "image")]
         if not targets:
             groups = sorted({t.group for t in offered})
             raise UserError(f"adaptor 'residual' with position '{config.position}' finds no res-block in backbone "

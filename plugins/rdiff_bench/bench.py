@@ -469,9 +469,9 @@ def _engine_class() -> type:
         degradation type it carries: several times the cost, paid at every validation), and the
         from-scratch baseline (:meth:`scratch`)."""
 
-        def pairs(self) -> tuple[list, list]:
-            train_pairs, val_pairs = super().pairs()
-            return train_pairs, [replace(p, params={}) for p in val_pairs]
+        def pairs(self) -> tuple[list, list, int]:
+            train_pairs, val_pairs, size = super().pairs()
+            return train_pairs, [replace(p, params={}) for p in val_pairs], size
 
         # --- baseline: the same backbone trained from scratch on the pairs -----------------------------------
         def scratch(self) -> dict[str, Any]:
@@ -481,7 +481,7 @@ def _engine_class() -> type:
             ``scratch/``. Metrics are logged under the phase ``scratch``."""
             cfg, train = self.config, self.config.train
             started = time.perf_counter()
-            train_pairs, val_pairs = self.pairs()  # the pairs adapt() gets with the same seed
+            train_pairs, val_pairs, size = self.pairs()  # the pairs adapt() gets with the same seed
             val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
             best = BestSoFar()
 
@@ -497,7 +497,7 @@ def _engine_class() -> type:
 
             length = train.adapt_steps * train.grad_accum * train.adapt_batch_size * self.accelerator.num_processes
             self.fit(Fit(phase="scratch", stage="scratch", params=list(self.backbone.parameters()),
-                          dataset=PairCrops(train_pairs, train.image_size, length, stable_seed(cfg.seed, "adapt")),
+                          dataset=PairCrops(train_pairs, size, length, stable_seed(cfg.seed, "adapt")),
                           steps=train.adapt_steps, lr=train.adapt_lr, batch_size=train.adapt_batch_size,
                           loss=lambda model, b: model("supervised_loss", b["lq"], b["hq"], b["roi"]),
                           weights=lambda: best.save_into({"model": self.backbone.state_dict()}), restore=restore,

@@ -73,6 +73,9 @@ def build_autoencoder(config: LatentConfig, channels: int) -> VQModel | Autoenco
         # weights, so the saved networks are plain diffusers ones) and the place where phase 2 can correct
         # the image's colour and illumination directly, which the learned branch alone reaches only weakly
         autoencoder.latent_out = nn.Identity()
+        # the image itself, in [0, 1], before the encoder: where phase 2 corrects illumination and colour over
+        # the whole image (an identity in phase 1; the backbone runs it before tiling its networks)
+        autoencoder.image_in = nn.Identity()
     return autoencoder
 
 
@@ -149,6 +152,15 @@ def encoder_adaptation_targets(autoencoder: nn.Module, prefix: str, norm: str = 
         targets.append(AdaptationTarget(name=f"{prefix}.latent_out", group="encoder", module=latent_out,
                                         channels=channels, norm="none"))
     return targets
+
+
+def image_adaptation_targets(autoencoder: nn.Module, prefix: str, channels: int) -> list[AdaptationTarget]:
+    """The input image in [0, 1] before the encoder (group ``image``), where the autoencoder has one."""
+    image_in = getattr(autoencoder, "image_in", None)
+    if image_in is None:
+        return []
+    return [AdaptationTarget(name=f"{prefix}.image_in", group="image", module=image_in, channels=channels,
+                             norm="none")]
 
 
 def encoder_lora_targets(autoencoder: nn.Module) -> list[str]:

@@ -8,12 +8,16 @@ the losses); :class:`LDMConfig` adds the UNet denoiser and ``rdiff_dit`` adds it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclass
 class LatentConfig:
     """A latent autoencoder, a diffusion schedule and the losses of both training phases."""
+
+    # keys that steer phase 2 only: adapting a pretrained phase 1 may change them (rdiff.pretrained.check_model)
+    ADAPTATION_KEYS: ClassVar[frozenset[str]] = frozenset({"encoder_loss_weight", "diffusion_loss_weight",
+                                                           "image_loss_weight", "adapt_crop"})
 
     # --- latent autoencoder (phase-1 stage "autoencoder") ---
     autoencoder: Literal["vq", "kl"] = "vq"  # vq: diffusers VQModel as in the paper; kl: AutoencoderKL
@@ -47,6 +51,8 @@ class LatentConfig:
     # --- phase-2 loss ---
     encoder_loss_weight: float = 1.0  # |E(hq) - E'(lq)| + |E(hq) - E'(hq)| on latents
     diffusion_loss_weight: float = 1.0  # adapted denoiser's diffusion loss, condition E'(lq), target E(hq)
+    image_loss_weight: float = 1.0  # with image_skip: L1 inside the roi between the corrected lq (and hq) and hq, for an adaptor on the input image
+    adapt_crop: int = 0  # phase 2: the encoder and denoiser adaptors learn on a random crop of this side cut from each (larger) adaptation crop, which the input-image adaptor sees whole; 0: the whole crop
 
 
 @dataclass

@@ -26,7 +26,7 @@ from torch import nn
 from rdiff import AdaptationTarget, Reconstructor, UserError
 from rdiff_ldm_unet.autoencoder import (AutoencoderLoss, build_autoencoder, decode_raw, downsampling_factor,
                                         enable_gradient_checkpointing, encode_raw, encoder_adaptation_targets,
-                                        encoder_lora_targets, latent_std)
+                                        encoder_lora_targets, image_adaptation_targets, latent_std)
 from rdiff_ldm_unet.config import LatentConfig
 
 
@@ -77,7 +77,18 @@ class LatentDiffusion(Reconstructor):
         return value if value > 0 else 1.0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Scaled latents of images in [0, 1] (with any enabled adaptor acting on the encoder)."""
+        """Scaled latents of images in [0, 1] (with any enabled adaptor acting on the image and the encoder)."""
+        return self.encode_corrected(self.correct(images))
+
+    def correct(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] through the input-image target (``autoencoder.image_in``): unchanged in phase 1,
+        corrected by an adaptor there in phase 2. Its layer looks across the image, so it runs on whole
+        images, before any tiling."""
+        image_in = getattr(self.autoencoder, "image_in", None)
+        return image_in(images) if image_in is not None else images
+
+    def encode_corrected(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` without :meth:`correct` (for images it has corrected already, or tiles of them)."""
         return encode_raw(self.autoencoder, images * 2 - 1) * self.scale()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -142,21 +153,40 @@ class LatentDiffusion(Reconstructor):
 
     # --- phase 2 ---------------------------------------------------------------------------------------------
     def adaptation_targets(self) -> list[AdaptationTarget]:
-        return (encoder_adaptation_targets(self.autoencoder, "autoencoder", self.config.norm)
+        return (image_adaptation_targets(self.autoencoder, "autoencoder", self.channels)
+                + encoder_adaptation_targets(self.autoencoder, "autoencoder", self.config.norm)
                 + self.denoiser_adaptation_targets())
 
     def adaptation_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Encoder: degraded images must land on the clean image's original latent and clean images stay
-        where they were; denoiser: the diffusion loss conditioned on the adapted latent of ``lq``."""
+        """Input image (where an adaptor acts on it): the corrected ``lq`` and ``hq`` must match ``hq``
+        inside ``roi`` (L1); encoder: degraded images must land on the clean image's original latent and
+        clean images stay where they were; denoiser: the diffusion loss conditioned on the adapted latent of
+        ``lq``. Encoder and denoiser see a random ``adapt_crop`` of the corrected images: the image
+        adaptor needs the wide view to tell illumination from anatomy, the res-block adaptors do not."""
+        corrected_lq, corrected_hq = self.correct(lq), self.correct(hq)
+        logs: dict[str, float] = {}
+        loss = lq.new_zeros(())
+        if corrected_lq.requires_grad:  # an adaptor acts on the input image
+            inside = roi.expand_as(hq)
+            count = inside.sum().clamp_min(1.0)
+            image = (((corrected_lq - hq).abs() + (corrected_hq - hq).abs()) * inside).sum() / count
+            loss = loss + self.config.image_loss_weight * image
+            logs["image"] = float(image.detach())
+        lq_crop, corrected_hq_crop, hq_crop = _random_crops(self.config.adapt_crop, corrected_lq.detach(),
+                                                            corrected_hq.detach(), hq)
         with torch.no_grad(), self.base_only():
-            target = self.encode(hq)  # E(hq), the frozen original encoder
-        adapted_lq, adapted_hq = self.encode(lq), self.encode(hq)
+            target = self.encode_corrected(hq_crop)  # E(hq), the frozen original encoder
+        adapted_lq, adapted_hq = self.encode_corrected(lq_crop), self.encode_corrected(corrected_hq_crop)
         encoder = (adapted_lq - target).abs().mean() + (adapted_hq - target).abs().mean()
         # the condition is detached: the encoder's adaptors learn from their own loss only and the
         # denoiser's from the diffusion loss (the two adaptors of the paper)
-        diffusion = self.diffusion_loss(target, adapted_lq.detach())
-        loss = self.config.encoder_loss_weight * encoder + self.config.diffusion_loss_weight * diffusion
-        return loss, {"encoder": float(encoder.detach()), "diffusion": float(diffusion.detach())}
+        loss = loss + self.config.encoder_loss_weight * encoder
+        logs["encoder"] = float(encoder.detach())
+        if self.config.diffusion_loss_weight:  # 0: the fast path only, the denoiser's adaptors stay at zero
+            diffusion = self.diffusion_loss(target, adapted_lq.detach())
+            loss = loss + self.config.diffusion_loss_weight * diffusion
+            logs["diffusion"] = float(diffusion.detach())
+        return loss, logs
 
     def supervised_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The from-scratch baseline trains both paths at once: L1 inside ``roi`` between ``D(E(lq))`` and
@@ -178,9 +208,9 @@ class LatentDiffusion(Reconstructor):
 
     # --- enhancement ---------------------------------------------------------------------------------------
     def tiles_itself(self, path: str) -> bool:
-        """Sampling works on the whole latent (tiling each network separately), so its steps agree across
-        tile borders; the one-shot ``fast`` path is cut into image tiles by the caller."""
-        return path != "fast"
+        """Every path takes the whole image: an adaptor on the input image corrects it whole, then each
+        network runs on tiles; sampling steps the whole latent, so its steps agree across tile borders."""
+        return True
 
     def denoiser_tile(self) -> int | None:
         """The latent tile side the denoiser must see (None: any, e.g. a convolutional UNet)."""
@@ -204,7 +234,7 @@ class LatentDiffusion(Reconstructor):
         big = tile or max(height, width)
         latent_tile, latent_overlap = big // factor, overlap // factor
         latent_multiple = self.size_multiple // factor
-        condition = tiled_apply(self.encode, lq, big, overlap, self.size_multiple)
+        condition = tiled_apply(self.encode_corrected, self.correct(lq), big, overlap, self.size_multiple)
         if path == "fast":
             latents = condition
         else:
@@ -281,3 +311,14 @@ class LatentDiffusion(Reconstructor):
             scale = float(json.loads(config_file.read_text()).get("scaling_factor") or 0.0)
             self.latent_scale.fill_(scale)
             self.autoencoder.register_to_config(scaling_factor=scale)
+
+
+def _random_crops(size: int, *images: torch.Tensor) -> list[torch.Tensor]:
+    """The same random ``size``-px window of each image (all of them when ``size`` is 0 or not smaller)."""
+    height, width = images[0].shape[-2:]
+    if not size or (size >= height and size >= width):
+        return list(images)
+    size_h, size_w = min(size, height), min(size, width)
+    y = int(torch.randint(0, height - size_h + 1, ()))
+    x = int(torch.randint(0, width - size_w + 1, ()))
+    return [image[..., y:y + size_h, x:x + size_w] for image in images]
