@@ -169,10 +169,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from rdiff.run import Run
 
     run = Run.load(args.run, reconstruct_only=args.reconstruct_only)
-    return enhance_files(run, args.inputs, args.out, path=args.path, steps=args.steps, eta=args.eta, seed=args.seed,
-                         tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
-                         dtype=args.dtype, preserve_color=args.preserve_color, compare=args.compare,
-                         suffix=args.suffix)
+    return enhance_files(run, args.inputs, args.out, path=args.path, seed=args.seed, tile=args.tile,
+                         overlap=args.overlap, batch=args.batch, device=args.device, dtype=args.dtype,
+                         preserve_color=args.preserve_color, compare=args.compare, suffix=args.suffix,
+                         steps=args.steps, eta=args.eta)  # sampling settings, for the backbone to read
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--path", choices=["fast", "sample"], help="fast: adapted autoencoder alone; sample: DDIM "
-                                                              "(default: the run's preset)")
+    p.add_argument("--path", help="the backbone's enhancement path: fast (adapted autoencoder alone), sample "
+                                  "(DDIM) or a name rdiff evaluate reports, e.g. ddim10 (default: the run's preset)")
     p.add_argument("--steps", type=int, help="DDIM steps for --path sample")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's, 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")

@@ -26,7 +26,7 @@ from rdiff.checkpoints import load_checkpoint, save_checkpoint, write_json, writ
 from rdiff.config import RunConfig
 from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
 from rdiff.errors import TrainingStopped, UserError
-from rdiff.evaluation import evaluate, heldout_pairs, path_options, validation_psnr
+from rdiff.evaluation import evaluate, heldout_pairs, named_paths, sampling_settings, validation_psnr
 from rdiff.plugins import plugins
 from rdiff.registry import create_adaptor, create_components, create_modality
 from rdiff.report import build_report
@@ -142,7 +142,7 @@ class Engine:
         params = list(adaptor.trainable_parameters())
         if train.train_base:
             params += [p for p in self.backbone.finetune_parameters() if all(p is not q for q in params)]
-        val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
+        val_path = named_paths(self.backbone, sampling_settings(cfg)).get(cfg.eval.path, ("fast", None))
         best = BestSoFar()
 
         def weights() -> dict[str, dict[str, torch.Tensor]]:
@@ -158,7 +158,7 @@ class Engine:
             best.load_from(tensors)
 
         def validate(step: int) -> dict[str, float]:
-            psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device, cfg.eval.seed)
+            psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_path, self.device, cfg.eval.seed)
             best.offer(psnr, step, adaptor.adaptor_state_dict)
             return {"val_psnr": round(psnr, 4), "best_step": best.step}
 
@@ -321,9 +321,8 @@ class Engine:
         if self.is_main:
             started = time.perf_counter()
             pairs = heldout_pairs(self.modality, cfg, data=data)
-            result = evaluate(self.backbone, self.modality, pairs, default_path=cfg.eval.path,
-                              sample_steps=cfg.eval.sample_steps, eta=cfg.eval.eta, seed=cfg.eval.seed,
-                              device=self.device, autocast=self.accelerator.autocast)
+            result = evaluate(self.backbone, self.modality, pairs, config=cfg, device=self.device,
+                              autocast=self.accelerator.autocast)
             self.times["evaluate"] = round(time.perf_counter() - started, 1)
         self.accelerator.wait_for_everyone()
         return result

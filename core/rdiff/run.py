@@ -23,6 +23,7 @@ import torch
 from rdiff.checkpoints import write_bytes, write_json
 from rdiff.config import RunConfig, build, load_yaml, to_dict
 from rdiff.errors import UserError
+from rdiff.evaluation import sampling_settings
 from rdiff.registry import create_adaptor, create_components
 
 STAGES = "stages.json"  # in RUN/reconstruct/: the phase-1 stages finished so far
@@ -79,15 +80,16 @@ class Run:
     def __init__(self, directory: Path, config: RunConfig, modality: Any, backbone: Any, adapted: bool):
         self.directory, self.config, self.modality, self.backbone, self.adapted = directory, config, modality, backbone, adapted
 
-    @property
-    def default_path(self) -> str:
-        """The enhancement path the run's preset names (``fast`` or ``sample``)."""
-        return "sample" if self.config.eval.path.startswith("ddim") else self.config.eval.path
-
-    @property
-    def default_steps(self) -> int:
-        path = self.config.eval.path
-        return int(path[4:]) if path.startswith("ddim") and path[4:].isdigit() else self.config.eval.sample_steps[0]
+    def resolve_path(self, path: str | None = None, **settings: Any) -> tuple[str, Any]:
+        """``(path, options)`` to enhance with: ``path`` (a path or name of the backbone; default the run's
+        ``eval.path``) with the backbone's options built from the run's ``eval`` settings under ``settings``
+        (e.g. ``steps``, ``eta``). Naming the path the run's own ``eval.path`` means (``sample`` for
+        ``ddim20``) keeps that name's options."""
+        defaults = sampling_settings(self.config)
+        own = self.config.eval.path
+        if path is None or path == self.backbone.resolve_path(own, **defaults)[0]:
+            path = own
+        return self.backbone.resolve_path(path, **{**defaults, **settings})
 
     @property
     def tile(self) -> int:
@@ -145,16 +147,18 @@ class Run:
         backbone.eval()
         return cls(directory, config, modality, backbone, adapted)
 
-    def enhance(self, image: np.ndarray | torch.Tensor, **options: Any) -> np.ndarray | torch.Tensor:
+    def enhance(self, image: np.ndarray | torch.Tensor, *, path: str | None = None, **options: Any
+                ) -> np.ndarray | torch.Tensor:
         """Enhance one image: numpy ``H×W×C`` in [0, 1] (returns numpy) or a tensor ``C×H×W`` / ``B×C×H×W``
-        in [0, 1] (returns a tensor). Options as :func:`rdiff.enhance.enhance_image`."""
-        from rdiff.enhance import enhance_image
+        in [0, 1] (returns a tensor). Options as :func:`rdiff.enhance.enhance_image`; the others (``steps``,
+        ``eta``, ...) are the backbone's sampling settings (:meth:`resolve_path`)."""
+        from rdiff.enhance import IMAGE_OPTIONS, enhance_image
 
-        options.setdefault("path", self.default_path)
-        options.setdefault("steps", self.default_steps)
-        options.setdefault("eta", self.config.eval.eta)
+        settings = {k: options.pop(k) for k in list(options) if k not in IMAGE_OPTIONS}
+        path, sampling = self.resolve_path(path, **settings)
         options.setdefault("tile", self.tile)
         options.setdefault("overlap", self.overlap)
+        options.update(path=path, options=sampling)
         if isinstance(image, torch.Tensor):
             batch = image[None] if image.dim() == 3 else image
             outs = [enhance_image(self.backbone, self.modality, b.permute(1, 2, 0).cpu().numpy(), **options) for b in batch]
@@ -165,41 +169,28 @@ class Run:
     def evaluate(self, *, data: str | None = None, pairs: str | None = None, crops: int | None = None,
                  paths: list[str] | None = None) -> dict[str, Any]:
         """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
-        from rdiff.data import load_pair_folder
-        from rdiff.evaluation import evaluate, heldout_pairs, path_options, score
+        from rdiff.data import load_pair_folder, to_tensor
+        from rdiff.evaluation import evaluate, heldout_pairs, local_metrics, named_paths, score
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
         if pairs is None:
             held = heldout_pairs(self.modality, cfg, data=data, split="all" if data is not None else "heldout",
                                  crops=crops)
-            return evaluate(self.backbone, self.modality, held, default_path=cfg.eval.path,
-                            sample_steps=cfg.eval.sample_steps, eta=cfg.eval.eta, seed=cfg.eval.seed,
-                            device=device, paths=paths)
+            return evaluate(self.backbone, self.modality, held, config=cfg, device=device, paths=paths)
         real = load_pair_folder(self.modality, pairs, resize=None)  # native resolution
-        options = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta)
-        if paths:
-            options = {k: v for k, v in options.items() if k in paths}
+        names = [n for n in named_paths(self.backbone, sampling_settings(cfg)) if not paths or n in paths]
         report: dict[str, Any] = {"images": len(real), "input": score(self.modality, real, lambda lq: lq, device, 1)}
         report["paths"] = {}
-        for name, opts in options.items():
-            report["paths"][name] = _score_whole(self, real, opts)
+        for name in names:  # whole images enhanced tile by tile (each pair may have its own size)
+            metrics = local_metrics(self.modality.metrics())
+            for pair in real:
+                out = self.enhance(pair.lq, roi=pair.roi, path=name)
+                metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
+            report["paths"][name] = {k: round(float(v), 4) for k, v in metrics.compute().items()}
         chosen = cfg.eval.path if cfg.eval.path in report["paths"] else next(iter(report["paths"]))
         report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
         return report
-
-
-def _score_whole(run: Run, pairs: list, opts: dict[str, Any]) -> dict[str, Any]:
-    """Score whole images enhanced tile by tile (each pair may have its own size)."""
-    from rdiff.data import to_tensor
-
-    from rdiff.evaluation import local_metrics
-
-    metrics = local_metrics(run.modality.metrics())
-    for pair in pairs:
-        out = run.enhance(pair.lq, roi=pair.roi, **opts)
-        metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
-    return {k: round(float(v), 4) for k, v in metrics.compute().items()}
 
 
 def _load(backbone: Any, directory: Path, name: str) -> None:

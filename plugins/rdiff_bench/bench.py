@@ -401,23 +401,17 @@ class Bench:
         import torch
 
         from rdiff.data import stack
-        from rdiff.evaluation import path_options, score
+        from rdiff.evaluation import enhancer, named_paths, sampling_settings, score
 
         config, backbone, device = unit.config, engine.backbone, engine.device
         pairs = self.heldout(config, engine.modality)
         scored = pairs if typed else [replace(p, params={}) for p in pairs]
-        options = path_options(backbone, config.eval.sample_steps, config.eval.eta)
-        options = {name: opts for name, opts in options.items()
-                   if name == "fast" or (sampling and opts["path"] != "fast")}
+        options = {name: choice for name, choice in named_paths(backbone, sampling_settings(config)).items()
+                   if name == "fast" or (sampling and choice[0] != "fast")}
         backbone.eval()
         started = time.perf_counter()
-        scores = {}
-        for name, opts in options.items():
-            generator = torch.Generator(device=device).manual_seed(config.eval.seed)  # the same noise for all
-
-            def enhance(lq: torch.Tensor, opts: dict = opts, generator: torch.Generator = generator) -> torch.Tensor:
-                return backbone.enhance(lq, generator=generator, **opts)
-            scores[name] = score(engine.modality, scored, enhance, device)
+        scores = {name: score(engine.modality, scored, enhancer(backbone, choice, device, config.eval.seed), device)
+                  for name, choice in options.items()}  # each path from the same noise
         if unit.seed == 0 and (unit.kind == "reconstruct" or unit.headline):  # the before/after grid
             with torch.no_grad():
                 lq = stack(pairs[:SAMPLES])["lq"].to(device)
@@ -461,7 +455,7 @@ def _engine_class() -> type:
     from rdiff.engine import Engine  # torch: when the bench runs, not at start-up
     from rdiff.training import BestSoFar, Fit, stable_seed
     from rdiff import evaluation  # validation_psnr through its module, so that tests can replace it
-    from rdiff.evaluation import path_options
+    from rdiff.evaluation import named_paths, sampling_settings
 
     class BenchEngine(Engine):
         """The engine, with the degradation parameters left off its validation crops (validation needs only
@@ -482,11 +476,11 @@ def _engine_class() -> type:
             cfg, train = self.config, self.config.train
             started = time.perf_counter()
             train_pairs, val_pairs = self.pairs()  # the pairs adapt() gets with the same seed
-            val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
+            val_path = named_paths(self.backbone, sampling_settings(cfg)).get(cfg.eval.path, ("fast", None))
             best = BestSoFar()
 
             def validate(step: int) -> dict[str, float]:
-                psnr = evaluation.validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device,
+                psnr = evaluation.validation_psnr(self.backbone, self.modality, val_pairs, val_path, self.device,
                                                   cfg.eval.seed)
                 best.offer(psnr, step, self.backbone.state_dict)
                 return {"val_psnr": round(psnr, 4), "best_step": best.step}
@@ -602,7 +596,7 @@ def measure_step_times(config: Any, channels: int) -> StepTimes:
     import torch
 
     from rdiff.registry import create_adaptor, create_backbone
-    from rdiff.evaluation import path_options
+    from rdiff.evaluation import named_paths, sampling_settings
 
     torch.manual_seed(0)
     backbone = create_backbone(config.backbone, preset=None, channels=channels, **config.model)
@@ -636,9 +630,8 @@ def measure_step_times(config: Any, channels: int) -> StepTimes:
     with torch.no_grad():  # per crop, at a batch near the evaluation's (small batches cost more per crop)
         x, _ = batch(8)
         fast = _timed(lambda: backbone.enhance(x, path="fast")) / len(x)
-        sampling = sum(_timed(lambda o=o: backbone.enhance(x[:4], **o)) / 4
-                       for o in path_options(backbone, config.eval.sample_steps, config.eval.eta).values()
-                       if o["path"] != "fast")
+        sampling = sum(_timed(lambda p=p, o=o: backbone.enhance(x[:4], path=p, options=o)) / 4
+                       for p, o in named_paths(backbone, sampling_settings(config)).values() if p != "fast")
     backbone.train()
     try:
         adaptor = create_adaptor(config.adaptor, backbone, **config.adaptor_options)
