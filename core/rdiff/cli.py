@@ -16,7 +16,7 @@ from rdiff import __version__
 from rdiff.errors import TrainingStopped, UserError
 from rdiff.report import adaptor_params, format_eval_table
 
-COMMANDS_WITH_RUN_FLAGS = ("train", "reconstruct")
+RUN_FLAGS = ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")  # flags that are config keys
 
 
 # --- configuration from flags ---------------------------------------------------------------------------------
@@ -33,8 +33,6 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     _add_common_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="train nothing: check the data and print parameters, "
-                                                           "memory per device and FLOPs per step (docs/cli.md)")
 
 
 def _add_common_config_flags(p: argparse.ArgumentParser) -> None:
@@ -76,11 +74,29 @@ def _resume_overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict[
     return merge(merge(_load_yaml_layer(args), _flags(args, names)), parse_set(args.set))
 
 
+def train_config(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")
+                 ) -> tuple[Any, tuple[str, ...]]:
+    """The resolved configuration of a new ``rdiff train`` / ``reconstruct`` run from its flags, and the phases
+    it runs (``--pretrained``: phase 2 only, on the shipped phase 1)."""
+    from rdiff.config import parse_set
+    from rdiff.registry import resolve_config
+
+    layers = [_load_yaml_layer(args), _flags(args, RUN_FLAGS), parse_set(args.set)]
+    config = resolve_config(layers)
+    if getattr(args, "pretrained", False):
+        from rdiff import pretrained as shipped
+
+        checkpoint = shipped.find(config.backbone, config.preset, config.modality)
+        shipped.check_model(checkpoint, config.model)
+        config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
+        phases = ("adapt",)
+    return config, phases
+
+
 def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")) -> int:
     from rdiff import resume
-    from rdiff.config import load_yaml, parse_set
+    from rdiff.config import load_yaml
     from rdiff.engine import run
-    from rdiff.registry import resolve_config
 
     out = Path(args.out) if args.out else None
     note = None
@@ -89,25 +105,9 @@ def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct"
             raise UserError(f"--resume needs --out pointing at an existing run directory; "
                             f"'{out}' has no config.yaml." if out else "--resume needs --out RUN.")
         # flags apply when they are safe to change mid-run, and are refused by name otherwise
-        config, note = resume.apply(out, load_yaml(out / "config.yaml"), _resume_overrides(
-            args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")))
+        config, note = resume.apply(out, load_yaml(out / "config.yaml"), _resume_overrides(args, RUN_FLAGS))
     else:
-        layers = [_load_yaml_layer(args),
-                  _flags(args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")),
-                  parse_set(args.set)]
-        config = resolve_config(layers)
-        if getattr(args, "pretrained", False):
-            # phase 1 is the shipped one: the run refers to it and trains the adaptor only
-            from rdiff import pretrained as shipped
-
-            checkpoint = shipped.find(config.backbone, config.preset, config.modality)
-            shipped.check_model(checkpoint, config.model)
-            config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
-            phases = ("adapt",)
-        if getattr(args, "dry_run", False):
-            from rdiff.estimate import dry_run
-
-            return dry_run(config, phases)
+        config, phases = train_config(args, phases)
         if out is None:
             out = Path(config.out) if config.out else _fresh_run_dir(config)
         if (out / "config.yaml").exists():
