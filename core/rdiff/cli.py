@@ -190,15 +190,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_degrade(args: argparse.Namespace) -> int:
-    from rdiff.registry import create_modality
-    from rdiff.config import parse_set
-    from rdiff.degrade import degrade_files
-
-    modality = create_modality(args.modality, **parse_set(args.set))
-    return degrade_files(modality, args.inputs, args.out, seed=args.seed)
-
-
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rdiff.plugins import plugins
 
@@ -349,15 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct-only", action="store_true", help="score the phase-1 model alone, without the adaptor")
     p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("degrade", help="write degraded copies of images plus their degradation parameters")
-    p.add_argument("--modality", required=True, help="modality whose degradation to apply")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same output")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="modality option, e.g. --set degradation.name=cofe")
-    p.set_defaults(handler=cmd_degrade)
-
     p = sub.add_parser("plugins", help="list loaded plugins, their distribution, version and hooks")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_plugins)
@@ -367,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
     p.set_defaults(handler=cmd_list)
 
-    # every other command comes from a plugin: the built-in `bench` and `scaffold` plugins add `rdiff bench`
-    # and `rdiff new-plugin` exactly as a third-party plugin adds its own
+    # every other command comes from a plugin: the built-in `bench`, `scaffold` and `degrade` plugins add
+    # `rdiff bench`, `rdiff new-plugin` and `rdiff degrade` exactly as a third-party plugin adds its own
     hook = plugins().pm.hook
     hook.rdiff_register_commands(subparsers=sub)
     for name, sp in sub.choices.items():
