@@ -363,6 +363,20 @@ def test_the_sampling_options_are_the_backbones_own_typed_object():
         backbone.resolve_path("sample", steps=0)
 
 
+def test_a_run_resolves_its_own_path_name_under_the_users_settings(tmp_path):
+    from rdiff.config import RunConfig
+    from rdiff.run import Run
+
+    config = RunConfig()
+    config.eval.path, config.eval.sample_steps, config.eval.eta = "ddim20", [10, 20], 0.5
+    run = Run(tmp_path, config, None, tiny("ldm-unet"), adapted=False)
+    assert run.resolve_path() == ("sample", DDIMOptions(steps=20, eta=0.5))
+    assert run.resolve_path("sample") == ("sample", DDIMOptions(steps=20, eta=0.5))  # what eval.path means
+    assert run.resolve_path("sample", steps=5, eta=None) == ("sample", DDIMOptions(steps=5, eta=0.5))
+    assert run.resolve_path("ddim10") == ("sample", DDIMOptions(steps=10, eta=0.5))
+    assert run.resolve_path("fast", steps=5) == ("fast", None)
+
+
 def test_sampling_is_deterministic_for_a_fixed_generator_or_noise():
     backbone = tiny("ldm-unet")
     lq = images(size=32)

@@ -492,7 +492,7 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     from tqdm.auto import tqdm
 
     backbone, modality = run.backbone, run.modality
-    path, options = run.resolve_path(path, **{k: v for k, v in settings.items() if v is not None})
+    path, options = run.resolve_path(path, **settings)
     tile = int(run.tile) if tile is None else tile
     overlap = min(int(run.overlap), tile // 2) if overlap is None else overlap
     check_options(backbone, tile=tile, overlap=overlap, batch=batch)

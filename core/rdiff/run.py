@@ -89,7 +89,8 @@ class Run:
         own = self.config.eval.path
         if path is None or path == self.backbone.resolve_path(own, **defaults)[0]:
             path = own
-        return self.backbone.resolve_path(path, **{**defaults, **settings})
+        given = {k: v for k, v in settings.items() if v is not None}
+        return self.backbone.resolve_path(path, **{**defaults, **given})
 
     @property
     def tile(self) -> int:
