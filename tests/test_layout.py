@@ -126,7 +126,7 @@ def test_the_registry_is_imported_and_never_imports_back(user):
 
 
 def test_the_tools_stand_outside_the_runtime():
-    for tool in ("bench.py", "scaffold.py", "docgen.py", "testing.py"):
+    for tool in ("bench.py", "scaffold.py", "docgen.py", "testing.py", "estimate.py", "degrade.py"):
         assert not (PACKAGE / tool).exists(), f"core/rdiff/{tool} is a tool, not the runtime"
 
 

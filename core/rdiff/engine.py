@@ -26,7 +26,7 @@ from rdiff.evaluation import evaluate, heldout_pairs, named_paths, sampling_sett
 from rdiff.plugins import plugins
 from rdiff.registry import create_adaptor, create_components, create_modality
 from rdiff.report import build_report
-from rdiff.run import mark_stages_done, reconstruct_dir, stages_done, truncate_log, write_config
+from rdiff.run import discard_untrained, mark_stages_done, reconstruct_dir, stages_done, truncate_log, write_config
 from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, optimisers, resume_from, stable_seed
 
 
@@ -337,7 +337,7 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
             engine.load_reconstruction()
     except UserError:
         if fresh:  # refused before any training: leave no half-made run to trip over when rerunning
-            preflight.discard_untrained(run_dir)
+            discard_untrained(run_dir)
         raise
     adapt_info = engine.adapt() if "adapt" in phases else None
     evaluation = engine.evaluate()

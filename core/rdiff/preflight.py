@@ -392,21 +392,6 @@ def check_backbone(config: Any, backbone: Any, run_dir: str | Path | None = None
     problems.raise_if_any()
 
 
-def discard_untrained(run_dir: str | Path) -> bool:
-    """Remove a run directory this run created when it stopped before saving anything worth keeping (no
-    checkpoint, no finished stage): rerunning the corrected command must not be refused as "already holds a
-    run", nor must ``--resume`` replay the rejected configuration. Returns whether it was removed."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return False
-    kept = [p for p in run_dir.rglob("*") if p.name in ("checkpoint", "checkpoint.prev", "stages.json",
-                                                        "adaptor.safetensors", "report.json")]
-    if kept:
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
-
-
 def check_heldout(config: Any, modality: Any) -> None:
     """Load the held-out images now: they are read only for the evaluation that ends every run, and a preset
     whose crops do not fit them (e.g. ``base`` on the embedded sample) would otherwise train both phases —

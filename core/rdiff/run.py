@@ -14,6 +14,7 @@ Layout (see docs/concepts.md)::
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,44 @@ def mark_stages_done(directory: Path, done: list[str]) -> None:
 def write_config(run_dir: Path, config: RunConfig, note: str | None = None) -> None:
     """config.yaml: the fully resolved configuration, after the comment lines it already had (what earlier
     resumes changed) and ``note``."""
-    from rdiff.resume import config_text
-
     path = Path(run_dir) / "config.yaml"
     write_bytes(path, config_text(path, to_dict(config), note).encode("utf-8"))
+
+
+def config_text(config_file: Path, data: dict[str, Any], note: str | None = None) -> str:
+    """config.yaml's new text: the comment lines it already had (earlier resume notes), ``note``, then ``data``."""
+    import yaml
+
+    kept = []
+    if config_file.is_file():
+        for line in config_file.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            kept.append(line)
+    if note:
+        kept.append(f"# {note}")
+    header = "".join(line + "\n" for line in kept)
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+#: what training leaves in a run directory (a config.yaml alone is a run stopped before its first checkpoint)
+RESULTS = ("checkpoint", "checkpoint.prev", STAGES, "adaptor.safetensors")
+
+
+def holds_results(run_dir: Path, also: tuple[str, ...] = ()) -> bool:
+    """Whether ``run_dir`` holds anything training wrote (or a file named in ``also``)."""
+    return any(p.name in RESULTS + also for p in Path(run_dir).rglob("*"))
+
+
+def discard_untrained(run_dir: str | Path) -> bool:
+    """Remove a run directory this run created when it stopped before saving anything worth keeping (no
+    checkpoint, no finished stage): rerunning the corrected command must not be refused as "already holds a
+    run", nor must ``--resume`` replay the rejected configuration. Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or holds_results(run_dir, also=("report.json",)):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def truncate_log(run_dir: Path, phase: str, stage: str, step: int) -> None:
