@@ -246,10 +246,9 @@ class Bench:
         return result
 
     def store(self, unit: Unit, result: dict[str, Any]) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_dir / f".{unit.key}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        tmp.replace(self.cache_dir / f"{unit.key}.json")
+        from rdiff.checkpoints import write_json  # the one atomic writer
+
+        write_json(self.cache_dir / f"{unit.key}.json", result)
 
     # -- the whole bench ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
