@@ -28,6 +28,12 @@ def toy(monkeypatch):
     plugins.reset()
 
 
+@pytest.fixture
+def toy_tools(toy, monkeypatch):
+    """The toy plugin and the built-in tool plugins that add ``--dry-run`` and ``rdiff degrade``."""
+    monkeypatch.setenv("RDIFF_PLUGINS", "toy_plugin,rdiff_estimate,rdiff_degrade")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugins():
     from rdiff import plugins

@@ -44,7 +44,8 @@ def images(backbone: rdiff.Reconstructor, seed: int, batch: int = 2) -> torch.Te
 def outputs(backbone: rdiff.Reconstructor, lq: torch.Tensor) -> dict[str, torch.Tensor]:
     """Everything a user gets from the backbone: every enhancement path (seeded) and the latents."""
     with torch.no_grad():
-        result = {path: backbone.enhance(lq, path=path, steps=2, generator=torch.Generator().manual_seed(3))
+        result = {path: backbone.enhance(lq, path=path, options=backbone.resolve_path(path, steps=2)[1],
+                                         generator=torch.Generator().manual_seed(3))
                   for path in backbone.paths()}
         if "latent" in backbone.capabilities:
             result["latent"] = backbone.encode(lq)

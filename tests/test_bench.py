@@ -11,7 +11,8 @@ import pytest
 
 import rdiff
 from rdiff import hookimpl
-from rdiff_bench.bench import _engine_class, add_parser, make_row, mean_std, summarise
+from rdiff_bench.bench import _engine_class, make_row, mean_std, summarise
+from rdiff_bench.command import add_parser
 
 REQUIRED = {"backbone", "modality", "adaptor", "preset", "method", "path", "psnr", "ssim", "trainable_params",
             "total_params", "steps", "time_s", "seeds"}

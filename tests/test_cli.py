@@ -48,7 +48,7 @@ def test_adapt_from_references_phase_one(trained, tmp_path):
     assert run.adapted and run.backbone.adaptor is not None
 
 
-def test_degrade_is_reproducible_per_seed(toy, tmp_path):
+def test_degrade_is_reproducible_per_seed(toy_tools, tmp_path):
     from PIL import Image
 
     src = tmp_path / "in"

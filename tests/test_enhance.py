@@ -46,7 +46,7 @@ class SmoothingBackbone(rdiff.Reconstructor):
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         return 2, height // 4, width // 4
 
-    def enhance(self, lq, *, path="fast", steps=10, eta=1.0, generator=None, noise=None):
+    def enhance(self, lq, *, path="fast", options=None, generator=None, noise=None):
         self.batches.append(lq.detach().clone())
         if path == "fast":
             return self.smooth(lq).clamp(0, 1)
@@ -78,7 +78,7 @@ class SmoothingBackbone(rdiff.Reconstructor):
 class ColourShiftBackbone(SmoothingBackbone):
     """Enhances contrast and, like many generative models, tints the result (more red, less blue)."""
 
-    def enhance(self, lq, *, path="fast", steps=10, eta=1.0, generator=None, noise=None):
+    def enhance(self, lq, *, path="fast", options=None, generator=None, noise=None):
         out = (lq - 0.5) * 1.3 + 0.5
         return (out + torch.tensor([0.08, 0.0, -0.08]).view(1, 3, 1, 1)).clamp(0, 1)
 
@@ -255,7 +255,9 @@ def test_bad_options_name_the_value():
 
 
 def _run(modality: Modality) -> SimpleNamespace:
-    return SimpleNamespace(backbone=SmoothingBackbone(), modality=modality, default_path="fast", tile=TILE)
+    backbone = SmoothingBackbone()
+    return SimpleNamespace(backbone=backbone, modality=modality, tile=TILE, overlap=backbone.tile_overlap,
+                           resolve_path=lambda path, **settings: backbone.resolve_path(path or "fast", **settings))
 
 
 def _write_png48(path: Path, image: np.ndarray) -> None:

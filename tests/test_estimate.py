@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rdiff.registry import resolve_config
-from rdiff.estimate import estimate, format_estimate, measured_peak
+from rdiff_estimate.estimate import estimate, format_estimate, measured_peak
 
 
 def test_paper_preset_arithmetic_without_building_weights():

@@ -158,7 +158,7 @@ def test_enhance_skips_a_file_it_cannot_write_and_goes_on(toy, run, tmp_path, ca
     assert (tmp_path / "out" / "b.png").is_file() and not (tmp_path / "out" / "a.png").exists()
 
 
-def test_a_read_only_folder_is_one_sentence_in_any_command(toy, tmp_path, capsys, monkeypatch):
+def test_a_read_only_folder_is_one_sentence_in_any_command(toy_tools, tmp_path, capsys, monkeypatch):
     from rdiff import images
 
     def refuse(path, suffix=""):

@@ -126,5 +126,57 @@ def test_the_registry_is_imported_and_never_imports_back(user):
 
 
 def test_the_tools_stand_outside_the_runtime():
-    for tool in ("bench.py", "scaffold.py", "docgen.py", "testing.py"):
+    for tool in ("bench.py", "scaffold.py", "docgen.py", "testing.py", "estimate.py", "degrade.py"):
         assert not (PACKAGE / tool).exists(), f"core/rdiff/{tool} is a tool, not the runtime"
+
+
+# --- size: the runtime stays small, the engine a loop ----------------------------------------------------------
+
+#: lines of ``core/rdiff/*.py`` (the runtime: the ``testing/`` kit excluded) and of engine.py, at most
+RUNTIME_LINES, ENGINE_LINES = 4_900, 350
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def test_the_runtime_and_its_engine_stay_small():
+    runtime = sum(_lines(p) for p in PACKAGE.glob("*.py"))
+    assert runtime <= RUNTIME_LINES, (f"core/rdiff/*.py holds {runtime} lines, over its budget of {RUNTIME_LINES}: "
+                                      f"is what grew the runtime, or a tool that belongs beside it (plugins/, tools/)?")
+    engine = _lines(PACKAGE / "engine.py")
+    assert engine <= ENGINE_LINES, f"engine.py holds {engine} lines, over {ENGINE_LINES}: reports and baselines go elsewhere"
+
+
+# --- hooks: every one is implemented by a plugin and exercised by a test -----------------------------------------
+
+ROOT = CORE.parent
+
+
+def _hook_names() -> list[str]:
+    tree = ast.parse((PACKAGE / "hookspecs.py").read_text(encoding="utf-8"))
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+            and any(isinstance(d, ast.Name) and d.id == "hookspec" for d in n.decorator_list)]
+
+
+def _implemented(folder: Path) -> set[str]:
+    """Functions marked ``@hookimpl`` in the Python files below ``folder``."""
+    found = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.FunctionDef) and any(
+                    (d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "hookimpl"
+                    for d in node.decorator_list):
+                found.add(node.name)
+    return found
+
+
+def test_every_hook_has_an_implementation_in_a_plugin_and_a_test():
+    hooks = _hook_names()
+    assert len(hooks) >= 10
+    implemented = _implemented(ROOT / "plugins") | _implemented(ROOT / "examples")
+    assert not [h for h in hooks if h not in implemented], "hooks no plugin implements"
+    tests = "".join(p.read_text(encoding="utf-8") for p in [*ROOT.glob("tests/*.py"),
+                                                            *ROOT.glob("examples/*/tests/test_*.py")]
+                    if p.name != "test_layout.py")
+    assert not [h for h in hooks if h not in tests], "hooks no test names"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import rdiff
+from rdiff_ldm_unet.latent_diffusion import DDIMOptions
 
 BACKBONES = ["ldm-unet", "dit"]
 
@@ -340,25 +341,55 @@ def test_enhance_keeps_shape_and_range_on_both_paths(name):
     lq = images(size=32)
     assert backbone.paths() == ("fast", "sample")
     for path in backbone.paths():
-        out = backbone.enhance(lq, path=path, steps=3, generator=torch.Generator().manual_seed(0))
+        out = backbone.enhance(lq, path=path, options=DDIMOptions(steps=3), generator=torch.Generator().manual_seed(0))
         assert out.shape == lq.shape and out.dtype == lq.dtype
         assert out.min() >= 0 and out.max() <= 1
     wide = images(batch=1, size=32).repeat(1, 1, 1, 2)  # 32×64
-    assert backbone.enhance(wide, path="sample", steps=2).shape == wide.shape
+    assert backbone.enhance(wide, path="sample", options=DDIMOptions(steps=2)).shape == wide.shape
     with pytest.raises(rdiff.UserError, match="not one of"):
         backbone.enhance(lq, path="ddpm")
+    with pytest.raises(rdiff.UserError, match="no enhancement path 'ddpm'"):
+        backbone.resolve_path("ddpm")
+
+
+def test_the_sampling_options_are_the_backbones_own_typed_object():
+    backbone = tiny("ldm-unet")
+    assert backbone.sampling_options is DDIMOptions
+    settings = {"sample_steps": [10, 20], "eta": 0.5}
+    assert backbone.path_names(**settings) == ["fast", "ddim10", "ddim20"]
+    assert backbone.resolve_path("fast", **settings) == ("fast", None)
+    assert backbone.resolve_path("ddim20", **settings) == ("sample", DDIMOptions(steps=20, eta=0.5))
+    assert backbone.resolve_path("sample", **settings) == ("sample", DDIMOptions(steps=10, eta=0.5))
+    assert backbone.resolve_path("ddim20", steps=3, eta=None) == ("sample", DDIMOptions(steps=3, eta=1.0))
+    with pytest.raises(rdiff.UserError, match="steps must be at least 1, not 0"):
+        backbone.resolve_path("sample", steps=0)
+
+
+def test_a_run_resolves_its_own_path_name_under_the_users_settings(tmp_path):
+    from rdiff.config import RunConfig
+    from rdiff.run import Run
+
+    config = RunConfig()
+    config.eval.path, config.eval.sample_steps, config.eval.eta = "ddim20", [10, 20], 0.5
+    run = Run(tmp_path, config, None, tiny("ldm-unet"), adapted=False)
+    assert run.resolve_path() == ("sample", DDIMOptions(steps=20, eta=0.5))
+    assert run.resolve_path("sample") == ("sample", DDIMOptions(steps=20, eta=0.5))  # what eval.path means
+    assert run.resolve_path("sample", steps=5, eta=None) == ("sample", DDIMOptions(steps=5, eta=0.5))
+    assert run.resolve_path("ddim10") == ("sample", DDIMOptions(steps=10, eta=0.5))
+    assert run.resolve_path("fast", steps=5) == ("fast", None)
 
 
 def test_sampling_is_deterministic_for_a_fixed_generator_or_noise():
     backbone = tiny("ldm-unet")
     lq = images(size=32)
-    run = lambda seed, **kw: backbone.enhance(lq, path="sample", steps=4, eta=1.0,  # noqa: E731
+    run = lambda seed, **kw: backbone.enhance(lq, path="sample", options=DDIMOptions(steps=4, eta=1.0),  # noqa: E731
                                               generator=torch.Generator().manual_seed(seed), **kw)
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
     noise = torch.randn(2, *backbone.latent_shape(32, 32))
     assert torch.equal(run(5, noise=noise), run(5, noise=noise.clone()))
-    eta0 = [backbone.enhance(lq, path="sample", steps=4, eta=0.0, noise=noise, generator=torch.Generator().manual_seed(s))
+    eta0 = [backbone.enhance(lq, path="sample", options=DDIMOptions(steps=4, eta=0.0), noise=noise,
+                             generator=torch.Generator().manual_seed(s))
             for s in (0, 1)]
     assert torch.equal(*eta0)  # deterministic DDIM: the noise alone fixes the result
 
@@ -409,6 +440,7 @@ def test_saved_networks_load_in_diffusers_and_back(name, tmp_path):
     restored = rdiff.create_backbone(name, preset="tiny", **paper_layout)
     restored.load(tmp_path)
     assert float(restored.latent_scale) == pytest.approx(float(backbone.latent_scale))
-    sample_with = lambda b: b.enhance(clean, path="sample", steps=3, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    sample_with = lambda b: b.enhance(clean, path="sample", options=DDIMOptions(steps=3),  # noqa: E731
+                                      generator=torch.Generator().manual_seed(0))
     assert torch.allclose(sample_with(restored), sample_with(backbone), atol=1e-5)
     assert json.loads((tmp_path / "autoencoder" / "config.json").read_text())["num_vq_embeddings"] == 1024

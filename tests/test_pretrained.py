@@ -38,6 +38,15 @@ def test_every_shipped_checkpoint_is_listed_with_its_card_and_the_total_stays_sm
     assert sum(listed[n].size_bytes for n in SHIPPED) <= 30e6
 
 
+def test_the_shipped_weights_come_through_the_rdiff_register_pretrained_hook():
+    import rdiff_ldm_unet
+    from rdiff.pretrained import RegisterPretrained
+
+    table: dict = {}
+    rdiff_ldm_unet.rdiff_register_pretrained(register=RegisterPretrained(table, "ldm-unet"))
+    assert set(table) == SHIPPED and all(p.plugin == "ldm-unet" for p in table.values())
+
+
 def test_list_pretrained_json_names_backbone_preset_modality_size_and_ceiling():
     result = rdiff_cli("list", "pretrained", "--json")
     assert result.returncode == 0, result.stderr

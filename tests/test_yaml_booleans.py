@@ -59,7 +59,7 @@ def test_config_file_values_and_keys(toy, tmp_path):
     assert load_yaml(file) == {"no": 1, "on": 2, "yes": ["off", "on"]}
 
 
-def test_cli_train_dry_run_accepts_mixed_precision_no(toy, capsys):
+def test_cli_train_dry_run_accepts_mixed_precision_no(toy_tools, capsys):
     from rdiff.cli import main
 
     code = main(["train", "--backbone", "toy", "--modality", "toy", "--adaptor", "toy-adaptor", "--dry-run",
@@ -69,7 +69,7 @@ def test_cli_train_dry_run_accepts_mixed_precision_no(toy, capsys):
     assert "precision: float32" in out and "gradient checkpointing: off" in out
 
 
-def test_cli_refusal_names_key_and_value(toy, capsys):
+def test_cli_refusal_names_key_and_value(toy_tools, capsys):
     from rdiff.cli import main
 
     code = main(["train", "--backbone", "toy", "--modality", "toy", "--adaptor", "toy-adaptor", "--dry-run",

@@ -46,7 +46,7 @@ class ToyBackbone(rdiff.Reconstructor):
             target = self.encode(hq)
         return (self.encode(lq) - target).abs().mean() + (self.encode(hq) - target).abs().mean()
 
-    def enhance(self, lq, *, path="fast", steps=10, eta=1.0, generator=None, noise=None):
+    def enhance(self, lq, *, path="fast", options=None, generator=None, noise=None):
         return self.decode(self.encode(lq)).clamp(0, 1)
 
     def networks(self):

@@ -341,7 +341,8 @@ value but its backbone, modality, adaptor and preset. The times in report.json a
 CLI_DRY_RUN = """\
 ## Memory and compute before a run: `rdiff train --dry-run`
 
-`--dry-run` (on `rdiff train` and `rdiff reconstruct`) resolves the configuration exactly as the run would,
+`--dry-run` (on `rdiff train` and `rdiff reconstruct`, added by the built-in `rdiff_estimate` plugin through
+`rdiff_add_cli_options`) resolves the configuration exactly as the run would,
 checks the data the run will need (training and held-out images against the crop size, so a preset that
 does not fit the data says so now rather than after training), prints the estimate below and trains
 nothing. "Will the paper preset fit a 24 GB card at batch 8?":

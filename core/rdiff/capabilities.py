@@ -28,9 +28,14 @@ class Latent(Protocol):
 
 @runtime_checkable
 class Sampling(Protocol):
-    """``"sampling"``: ``enhance(path="sample")`` runs DDIM (``paths()`` then includes ``"sample"``)."""
+    """``"sampling"``: ``enhance(path="sample", options=...)`` runs an iterative sampler (``paths()`` then
+    includes ``"sample"``). ``options`` is the backbone's own typed object, an instance of its
+    ``sampling_options`` dataclass, which ``resolve_path(name, **settings)`` builds from a path name
+    (ldm-unet: ``ddim20``) and the user's settings (``eval`` keys, ``rdiff enhance --steps/--eta``)."""
 
-    def enhance(self, lq: torch.Tensor, *, path: str = "fast", **options: Any) -> torch.Tensor: ...
+    def resolve_path(self, name: str, **settings: Any) -> tuple[str, Any]: ...
+
+    def enhance(self, lq: torch.Tensor, *, path: str = "fast", options: Any = None, **kwargs: Any) -> torch.Tensor: ...
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from rdiff import __version__
 from rdiff.errors import TrainingStopped, UserError
 from rdiff.report import adaptor_params, format_eval_table
 
-COMMANDS_WITH_RUN_FLAGS = ("train", "reconstruct")
+RUN_FLAGS = ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")  # flags that are config keys
 
 
 # --- configuration from flags ---------------------------------------------------------------------------------
@@ -33,8 +33,6 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     _add_common_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="train nothing: check the data and print parameters, "
-                                                           "memory per device and FLOPs per step (docs/cli.md)")
 
 
 def _add_common_config_flags(p: argparse.ArgumentParser) -> None:
@@ -76,11 +74,29 @@ def _resume_overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict[
     return merge(merge(_load_yaml_layer(args), _flags(args, names)), parse_set(args.set))
 
 
+def train_config(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")
+                 ) -> tuple[Any, tuple[str, ...]]:
+    """The resolved configuration of a new ``rdiff train`` / ``reconstruct`` run from its flags, and the phases
+    it runs (``--pretrained``: phase 2 only, on the shipped phase 1)."""
+    from rdiff.config import parse_set
+    from rdiff.registry import resolve_config
+
+    layers = [_load_yaml_layer(args), _flags(args, RUN_FLAGS), parse_set(args.set)]
+    config = resolve_config(layers)
+    if getattr(args, "pretrained", False):
+        from rdiff import pretrained as shipped
+
+        checkpoint = shipped.find(config.backbone, config.preset, config.modality)
+        shipped.check_model(checkpoint, config.model)
+        config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
+        phases = ("adapt",)
+    return config, phases
+
+
 def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct", "adapt")) -> int:
     from rdiff import resume
-    from rdiff.config import load_yaml, parse_set
+    from rdiff.config import load_yaml
     from rdiff.engine import run
-    from rdiff.registry import resolve_config
 
     out = Path(args.out) if args.out else None
     note = None
@@ -89,25 +105,9 @@ def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct"
             raise UserError(f"--resume needs --out pointing at an existing run directory; "
                             f"'{out}' has no config.yaml." if out else "--resume needs --out RUN.")
         # flags apply when they are safe to change mid-run, and are refused by name otherwise
-        config, note = resume.apply(out, load_yaml(out / "config.yaml"), _resume_overrides(
-            args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")))
+        config, note = resume.apply(out, load_yaml(out / "config.yaml"), _resume_overrides(args, RUN_FLAGS))
     else:
-        layers = [_load_yaml_layer(args),
-                  _flags(args, ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")),
-                  parse_set(args.set)]
-        config = resolve_config(layers)
-        if getattr(args, "pretrained", False):
-            # phase 1 is the shipped one: the run refers to it and trains the adaptor only
-            from rdiff import pretrained as shipped
-
-            checkpoint = shipped.find(config.backbone, config.preset, config.modality)
-            shipped.check_model(checkpoint, config.model)
-            config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
-            phases = ("adapt",)
-        if getattr(args, "dry_run", False):
-            from rdiff.estimate import dry_run
-
-            return dry_run(config, phases)
+        config, phases = train_config(args, phases)
         if out is None:
             out = Path(config.out) if config.out else _fresh_run_dir(config)
         if (out / "config.yaml").exists():
@@ -169,10 +169,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from rdiff.run import Run
 
     run = Run.load(args.run, reconstruct_only=args.reconstruct_only)
-    return enhance_files(run, args.inputs, args.out, path=args.path, steps=args.steps, eta=args.eta, seed=args.seed,
-                         tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
-                         dtype=args.dtype, preserve_color=args.preserve_color, compare=args.compare,
-                         suffix=args.suffix)
+    return enhance_files(run, args.inputs, args.out, path=args.path, seed=args.seed, tile=args.tile,
+                         overlap=args.overlap, batch=args.batch, device=args.device, dtype=args.dtype,
+                         preserve_color=args.preserve_color, compare=args.compare, suffix=args.suffix,
+                         steps=args.steps, eta=args.eta)  # sampling settings, for the backbone to read
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -188,15 +188,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_eval_table(result))
     return 0
-
-
-def cmd_degrade(args: argparse.Namespace) -> int:
-    from rdiff.registry import create_modality
-    from rdiff.config import parse_set
-    from rdiff.degrade import degrade_files
-
-    modality = create_modality(args.modality, **parse_set(args.set))
-    return degrade_files(modality, args.inputs, args.out, seed=args.seed)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -319,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--path", choices=["fast", "sample"], help="fast: adapted autoencoder alone; sample: DDIM "
-                                                              "(default: the run's preset)")
+    p.add_argument("--path", help="the backbone's enhancement path: fast (adapted autoencoder alone), sample "
+                                  "(DDIM) or a name rdiff evaluate reports, e.g. ddim10 (default: the run's preset)")
     p.add_argument("--steps", type=int, help="DDIM steps for --path sample")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's, 1.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
@@ -349,15 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct-only", action="store_true", help="score the phase-1 model alone, without the adaptor")
     p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("degrade", help="write degraded copies of images plus their degradation parameters")
-    p.add_argument("--modality", required=True, help="modality whose degradation to apply")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same output")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="modality option, e.g. --set degradation.name=cofe")
-    p.set_defaults(handler=cmd_degrade)
-
     p = sub.add_parser("plugins", help="list loaded plugins, their distribution, version and hooks")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_plugins)
@@ -367,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
     p.set_defaults(handler=cmd_list)
 
-    # every other command comes from a plugin: the built-in `bench` and `scaffold` plugins add `rdiff bench`
-    # and `rdiff new-plugin` exactly as a third-party plugin adds its own
+    # every other command comes from a plugin: the built-in `bench`, `scaffold` and `degrade` plugins add
+    # `rdiff bench`, `rdiff new-plugin` and `rdiff degrade` exactly as a third-party plugin adds its own
     hook = plugins().pm.hook
     hook.rdiff_register_commands(subparsers=sub)
     for name, sp in sub.choices.items():

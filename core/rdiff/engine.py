@@ -1,19 +1,15 @@
 """The two-phase engine: phase 1 ``reconstruct`` on unpaired images, phase 2 ``adapt`` on pairs.
 
 One model-agnostic loop (:meth:`Engine.fit`) trains whatever parameters a phase names, with the loss the
-backbone defines. It runs on accelerate, so ``accelerate launch`` or ``torchrun`` spreads the same command
-over many GPUs or nodes (data sharded per process, gradients all-reduced, only the main process writes).
-
-Determinism and resume: dataset item ``i`` is a function of ``(seed, i)`` and the torch RNG is re-seeded
-from ``(seed, phase, stage, step, process)`` at every step, so a run resumed from a checkpoint continues
-exactly as if it had never stopped.
+backbone defines, on accelerate (``accelerate launch`` / ``torchrun``: data sharded, only the main process
+writes). Dataset item ``i`` is a function of ``(seed, i)`` and the RNG is re-seeded from ``(seed, phase,
+stage, step, process)`` at every step, so a resumed run continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +18,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rdiff import manifest
-from rdiff.checkpoints import load_checkpoint, save_checkpoint, write_json, write_weights
+from rdiff.checkpoints import save_checkpoint, write_json, write_weights
 from rdiff.config import RunConfig
 from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
 from rdiff.errors import TrainingStopped, UserError
-from rdiff.evaluation import evaluate, heldout_pairs, path_options, validation_psnr
+from rdiff.evaluation import evaluate, heldout_pairs, named_paths, sampling_settings, validation_psnr
 from rdiff.plugins import plugins
 from rdiff.registry import create_adaptor, create_components, create_modality
 from rdiff.report import build_report
-from rdiff.run import mark_stages_done, reconstruct_dir, stages_done, truncate_log, write_config
-from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, lr_factor, stable_seed
+from rdiff.run import discard_untrained, mark_stages_done, reconstruct_dir, stages_done, truncate_log, write_config
+from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, optimisers, resume_from, stable_seed
 
 
 class Engine:
@@ -61,7 +57,6 @@ class Engine:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.hook.rdiff_run_started(run_dir=self.run_dir, config=config, cli_args=cli_args)
 
-    # --- small helpers ---------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
@@ -98,9 +93,6 @@ class Engine:
         for stage in self.backbone.stages:
             if stage in done:
                 continue
-            if stage not in train.steps:
-                raise UserError(f"config key 'train.steps' has no entry for the backbone stage '{stage}' "
-                                f"(stages: {', '.join(self.backbone.stages)}).")
             steps = train.steps[stage]
             length = steps * train.grad_accum * train.batch_size * world
             degraded = self.modality if self.backbone.needs_degraded(stage) else None
@@ -128,8 +120,7 @@ class Engine:
         manifest.verify(self.reconstruct_dir.parent, "reconstruct")
         self.backbone.load(self.reconstruct_dir)
 
-    def pairs(self) -> tuple[list, list, int]:
-        """Training and validation pairs of phase 2 and their crop side (:func:`rdiff.data.adaptation_pairs`)."""
+    def pairs(self) -> tuple[list, list, int]:  # training and validation pairs of phase 2, their crop side
         return adaptation_pairs(self.modality, self.config)
 
     def adapt(self) -> dict[str, Any]:
@@ -142,7 +133,7 @@ class Engine:
         params = list(adaptor.trainable_parameters())
         if train.train_base:
             params += [p for p in self.backbone.finetune_parameters() if all(p is not q for q in params)]
-        val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
+        val_path = named_paths(self.backbone, sampling_settings(cfg)).get(cfg.eval.path, ("fast", None))
         best = BestSoFar()
 
         def weights() -> dict[str, dict[str, torch.Tensor]]:
@@ -158,7 +149,7 @@ class Engine:
             best.load_from(tensors)
 
         def validate(step: int) -> dict[str, float]:
-            psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device, cfg.eval.seed)
+            psnr = validation_psnr(self.backbone, self.modality, val_pairs, val_path, self.device, cfg.eval.seed)
             best.offer(psnr, step, adaptor.adaptor_state_dict)
             return {"val_psnr": round(psnr, 4), "best_step": best.step}
 
@@ -196,13 +187,7 @@ class Engine:
             p.requires_grad_(id(p) in trainable)
         assert {id(p) for p in owner.parameters() if p.requires_grad} == trainable, \
             "parameters outside the phase would train"
-        optimizer = torch.optim.AdamW(fit.params, lr=fit.lr, weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, train, fit.steps))
-        ema = None
-        if train.ema_decay > 0:
-            from diffusers.training_utils import EMAModel
-
-            ema = EMAModel(fit.params, decay=train.ema_decay)
+        optimizer, scheduler, ema = optimisers(fit, train)
         loader = DataLoader(fit.dataset, batch_size=fit.batch_size, shuffle=False, drop_last=True,
                             num_workers=train.num_workers)
         model, optimizer, loader, scheduler = acc.prepare(owner, optimizer, loader, scheduler)
@@ -293,24 +278,13 @@ class Engine:
 
     def _resume(self, fit: Fit, directory: Path, optimizer: Any, scheduler: Any, ema: Any) -> tuple[int, dict]:
         """Continue from this phase's last complete checkpoint when it belongs to this stage."""
-        if not self.resume:
-            return 0, {}
-        found = load_checkpoint(directory)
+        found = resume_from(directory, fit, optimizer, scheduler, ema, self.device) if self.resume else None
         if found is None:
             return 0, {}
-        tensors, state, info, path = found
-        if info.get("stage") != fit.stage:
-            return 0, {}
-        fit.restore(tensors)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and "ema" in tensors:
-            ema.shadow_params = [tensors["ema"][str(i)].to(self.device) for i in range(len(ema.shadow_params))]
-        step = int(info["step"])
+        step, extra, path = found
         if self.is_main:
             truncate_log(self.run_dir, fit.phase, fit.stage, step)
         self.say(f"resuming phase {fit.phase} ({fit.stage}) at step {step} from '{path}'")
-        extra = {k: v for k, v in info.items() if k not in ("phase", "stage", "step")}
         return step, extra
 
     # --- evaluation and the report ---------------------------------------------------------------------------
@@ -321,9 +295,8 @@ class Engine:
         if self.is_main:
             started = time.perf_counter()
             pairs = heldout_pairs(self.modality, cfg, data=data)
-            result = evaluate(self.backbone, self.modality, pairs, default_path=cfg.eval.path,
-                              sample_steps=cfg.eval.sample_steps, eta=cfg.eval.eta, seed=cfg.eval.seed,
-                              device=self.device, autocast=self.accelerator.autocast)
+            result = evaluate(self.backbone, self.modality, pairs, config=cfg, device=self.device,
+                              autocast=self.accelerator.autocast)
             self.times["evaluate"] = round(time.perf_counter() - started, 1)
         self.accelerator.wait_for_everyone()
         return result
@@ -335,8 +308,7 @@ class Engine:
             self.hook.rdiff_run_finished(run_dir=self.run_dir, report=report)
         return report
 
-    def save_config(self, note: str | None = None) -> None:
-        """Write config.yaml, keeping its earlier comment lines (resume notes) and adding ``note``."""
+    def save_config(self, note: str | None = None) -> None:  # config.yaml, with earlier resume notes and ``note``
         if self.is_main:
             write_config(self.run_dir, self.config, note)
 
@@ -365,7 +337,7 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
             engine.load_reconstruction()
     except UserError:
         if fresh:  # refused before any training: leave no half-made run to trip over when rerunning
-            preflight.discard_untrained(run_dir)
+            discard_untrained(run_dir)
         raise
     adapt_info = engine.adapt() if "adapt" in phases else None
     evaluation = engine.evaluate()

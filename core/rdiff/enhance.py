@@ -56,10 +56,15 @@ _DTYPE_NAMES = {value: name for name, value in DTYPES.items()}
 # --- one image ---------------------------------------------------------------------------------------------
 
 
+#: the keywords of :func:`enhance_image` besides the path: every other keyword is a sampling setting
+IMAGE_OPTIONS = ("roi", "options", "seed", "tile", "overlap", "batch", "device", "dtype", "preserve_color", "progress")
+
+
 def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray, *, roi: np.ndarray | None = None,
-                  path: str = "fast", steps: int = 10, eta: float = 1.0, seed: int = 0, tile: int = 256,
+                  path: str = "fast", options: Any = None, seed: int = 0, tile: int = 256,
                   overlap: int | None = None, batch: int = 1, device: str | torch.device | None = None,
-                  dtype: str = "float32", preserve_color: bool = False, progress: bool = False) -> np.ndarray:
+                  dtype: str = "float32", preserve_color: bool = False, progress: bool = False,
+                  **settings: Any) -> np.ndarray:
     """The enhanced ``image`` (``H×W×C`` float32 in [0, 1]), same shape, at its native resolution.
 
     Args:
@@ -67,8 +72,9 @@ def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray
         modality: the image's :class:`rdiff.Modality` (region of interest and geometry).
         image: ``H×W×C`` float32 in [0, 1].
         roi: where to enhance (bool ``H×W``); default ``modality.roi(image)``. Pixels outside stay as given.
-        path: the backbone's enhancement path (``backbone.paths()``), e.g. ``fast`` or ``sample``.
-        steps, eta: DDIM steps and eta of sampling paths.
+        path, options: the backbone's enhancement path (or path name, e.g. ``fast``, ``sample``, ``ddim10``)
+            and its options object; without ``options`` they are built by
+            :meth:`~rdiff.Reconstructor.resolve_path` from ``settings`` (e.g. ``steps=20, eta=0.0``).
         seed: seeds the shared noise field and the sampler's per-step noise: the same seed, tile, overlap
             and batch give the same output (the per-step noise is drawn batch by batch).
         tile, overlap: tile side (rounded down to a multiple of ``backbone.size_multiple``) and the overlap
@@ -82,13 +88,15 @@ def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray
         preserve_color: keep the input's low-frequency colour (see :func:`preserve_low_frequency_color`).
         progress: show a progress bar over tiles.
     """
+    if options is None:
+        path, options = backbone.resolve_path(path, **settings)
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
         raise UserError(f"the image to enhance must be H×W×C, got shape {tuple(image.shape)}.")
     if image.shape[2] != backbone.channels:
         raise UserError(f"the image has {image.shape[2]} channel(s) but the backbone works on {backbone.channels}.")
     overlap = min(int(backbone.tile_overlap), tile // 2) if overlap is None else overlap
-    check_options(backbone, path=path, steps=steps, tile=tile, overlap=overlap, batch=batch)
+    check_options(backbone, tile=tile, overlap=overlap, batch=batch)
     target = resolve_device(backbone, device)
     amp_dtype = resolve_dtype(dtype, target)
 
@@ -103,7 +111,7 @@ def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray
     work_roi = np.asarray(work_roi, dtype=bool)
 
     with on_device(backbone, target), _eval_mode(backbone), torch.no_grad():
-        result = _enhance_tiled(backbone, work, work_roi, path=path, steps=steps, eta=eta, seed=seed, tile=tile,
+        result = _enhance_tiled(backbone, work, work_roi, path=path, options=options, seed=seed, tile=tile,
                                 overlap=overlap, batch=batch, device=target, amp_dtype=amp_dtype, progress=progress)
     if preserve_color:
         result = preserve_low_frequency_color(result, work, work_roi)
@@ -120,12 +128,8 @@ def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray
     return final
 
 
-def check_options(backbone: Reconstructor, *, path: str, steps: int, tile: int, overlap: int, batch: int) -> None:
-    """Refuse bad enhancement options with one sentence (before any file is read)."""
-    paths = tuple(backbone.paths())
-    if path not in paths:
-        raise UserError(f"backbone '{backbone.registered_name}' has no enhancement path '{path}'"
-                        f"{did_you_mean(path, paths)}; paths: {', '.join(paths)}.")
+def check_options(backbone: Reconstructor, *, tile: int, overlap: int, batch: int) -> None:
+    """Refuse bad tiling options with one sentence (before any file is read)."""
     multiple = int(backbone.size_multiple)
     if tile < multiple:
         raise UserError(f"tile {tile} is smaller than the backbone's size multiple {multiple}.")
@@ -133,8 +137,6 @@ def check_options(backbone: Reconstructor, *, path: str, steps: int, tile: int, 
         raise UserError(f"overlap {overlap} must be at least 0 and smaller than the tile ({tile}).")
     if batch < 1:
         raise UserError(f"batch must be at least 1, not {batch}.")
-    if steps < 1:
-        raise UserError(f"steps must be at least 1, not {steps}.")
 
 
 def resolve_device(backbone: Reconstructor, device: str | torch.device | None) -> torch.device:
@@ -270,8 +272,8 @@ def _cut_tile(image: np.ndarray, y: int, x: int, height: int, width: int) -> np.
     return crop
 
 
-def _enhance_tiled(backbone: Reconstructor, image: np.ndarray, roi: np.ndarray, *, path: str, steps: int,
-                   eta: float, seed: int, tile: int, overlap: int, batch: int, device: torch.device,
+def _enhance_tiled(backbone: Reconstructor, image: np.ndarray, roi: np.ndarray, *, path: str, options: Any,
+                   seed: int, tile: int, overlap: int, batch: int, device: torch.device,
                    amp_dtype: torch.dtype, progress: bool) -> np.ndarray:
     """Blend of the enhanced tiles of ``image``; pixels no computed tile covers are the input's."""
     from tqdm.auto import tqdm
@@ -291,8 +293,8 @@ def _enhance_tiled(backbone: Reconstructor, image: np.ndarray, roi: np.ndarray, 
         whole = _cut_tile(image, 0, 0, rows.padded, cols.padded).transpose(2, 0, 1)[None]
         noise = noise_crop(0, 0, rows.padded, cols.padded)[None].to(device) if noise_crop is not None else None
         with autocast:
-            out = backbone.enhance(torch.from_numpy(np.ascontiguousarray(whole)).to(device), path=path, steps=steps,
-                                   eta=eta, generator=generator, noise=noise, tile=tile, overlap=overlap)
+            out = backbone.enhance(torch.from_numpy(np.ascontiguousarray(whole)).to(device), path=path,
+                                   options=options, generator=generator, noise=noise, tile=tile, overlap=overlap)
         out = out.detach().float().cpu()[0].permute(1, 2, 0).numpy()[:height, :width]
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -307,7 +309,7 @@ def _enhance_tiled(backbone: Reconstructor, image: np.ndarray, roi: np.ndarray, 
             noise = (torch.stack([noise_crop(y, x) for y, x in origins]).to(device)
                      if noise_crop is not None else None)
             with autocast:
-                out = backbone.enhance(lq, path=path, steps=steps, eta=eta, generator=generator, noise=noise)
+                out = backbone.enhance(lq, path=path, options=options, generator=generator, noise=noise)
             out = out.detach().float().cpu().permute(0, 2, 3, 1).numpy()
             for (i, j), (y, x), enhanced in zip(chunk, origins, out):
                 h, w = min(rows.size, height - y), min(cols.size, width - x)
@@ -468,21 +470,20 @@ def _side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.concatenate([before, gap, after], axis=1)
 
 
-def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str | None = None,
-                  steps: int | None = None, eta: float | None = None, seed: int = 0, tile: int | None = None,
-                  overlap: int | None = None, batch: int = 1, device: str | torch.device | None = None,
-                  dtype: str = "float32", preserve_color: bool = False, compare: bool = False,
-                  suffix: str | None = None) -> int:
+def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str | None = None, seed: int = 0,
+                  tile: int | None = None, overlap: int | None = None, batch: int = 1,
+                  device: str | torch.device | None = None, dtype: str = "float32", preserve_color: bool = False,
+                  compare: bool = False, suffix: str | None = None, **settings: Any) -> int:
     """Enhance every file named by ``inputs`` into ``out_dir``; ``rdiff enhance`` in a function.
 
-    ``run`` provides ``backbone``, ``modality``, ``default_path`` and ``tile`` (a loaded :class:`rdiff.Run`;
-    its ``default_steps`` and ``config.eval.eta`` are used too when present). ``inputs`` are files, folders
-    (recursive, the modality's suffixes) or glob patterns (:func:`rdiff.images.expand_inputs`). Files keep
-    their names relative to the folder they were found in, their format and bit depth; ``suffix`` is
-    appended to each stem (``a.png`` → ``a_enh.png`` with ``suffix="_enh"``). ``compare`` also writes
-    ``<stem>_compare.png``: input and enhanced side by side (the middle slice of a volume).
-    Defaults: the run's path, steps, eta and tile, the run's overlap (the backbone's ``tile_overlap``), and the GPU when there is one
-    (else wherever the backbone is); the backbone is moved there once for all files and moved back after.
+    ``run`` provides ``backbone``, ``modality``, ``tile``, ``overlap`` and ``resolve_path`` (a loaded
+    :class:`rdiff.Run`), which makes the path and its options from ``path`` and the sampling ``settings``
+    (``steps``, ``eta``, ...). ``inputs`` are files, folders (recursive, the modality's suffixes) or glob
+    patterns (:func:`rdiff.images.expand_inputs`). Files keep their names relative to the folder they were
+    found in, their format and bit depth; ``suffix`` is appended to each stem (``a.png`` → ``a_enh.png``).
+    ``compare`` also writes ``<stem>_compare.png``: input and enhanced side by side (the middle slice of a
+    volume). Defaults: the run's path, options, tile and overlap, and the GPU when there is one (else
+    wherever the backbone is); the backbone is moved there once for all files and moved back after.
 
     A file that cannot be read or written is reported by name and skipped. Returns the exit code: 0 when
     every file was enhanced, 2 when any failed. Bad options or missing inputs raise :class:`UserError`
@@ -491,13 +492,10 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     from tqdm.auto import tqdm
 
     backbone, modality = run.backbone, run.modality
-    path = run.default_path if path is None else path
+    path, options = run.resolve_path(path, **settings)
     tile = int(run.tile) if tile is None else tile
-    overlap = min(int(getattr(run, "overlap", backbone.tile_overlap)), tile // 2) if overlap is None else overlap
-    steps = int(getattr(run, "default_steps", 10)) if steps is None else steps
-    if eta is None:
-        eta = float(run.config.eval.eta) if hasattr(getattr(run, "config", None), "eval") else 1.0
-    check_options(backbone, path=path, steps=steps, tile=tile, overlap=overlap, batch=batch)
+    overlap = min(int(run.overlap), tile // 2) if overlap is None else overlap
+    check_options(backbone, tile=tile, overlap=overlap, batch=batch)
     if device is None and torch.cuda.is_available():
         device = "cuda"
     target = resolve_device(backbone, device)
@@ -525,7 +523,7 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
             began = time.perf_counter()
             try:
                 stack = modality.read_stack(file)
-                results = [enhance_image(backbone, modality, image, path=path, steps=steps, eta=eta, seed=seed,
+                results = [enhance_image(backbone, modality, image, path=path, options=options, seed=seed,
                                          tile=tile, overlap=overlap, batch=batch, device=target, dtype=dtype,
                                          preserve_color=preserve_color, progress=not bar.disable)
                            for image in stack]

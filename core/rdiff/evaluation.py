@@ -1,6 +1,6 @@
 """Scoring a backbone on a fixed set of degraded/clean pairs, inside the region of interest.
 
-Every path the backbone offers is scored (``fast``, ``ddimK`` for each K in ``eval.sample_steps``), plus the
+Every path name the backbone offers is scored (``fast``; ldm-unet: ``ddimK`` for each K in ``eval.sample_steps``), plus the
 degraded input itself and, when an adaptor is attached, the reconstruction-only model (adaptor off).
 Scores are also broken down by degradation type (the ``types`` each degradation reports).
 Evaluation runs on the main process only (held-out sets are small next to training); metrics are told not
@@ -21,16 +21,14 @@ from rdiff.modality import Modality
 from rdiff.reconstructor import Reconstructor
 
 
-def path_options(backbone: Reconstructor, sample_steps: list[int], eta: float) -> dict[str, dict[str, Any]]:
-    """Report name -> enhance() keywords for every path of ``backbone``: ``fast``, ``ddim10``, ..."""
-    options: dict[str, dict[str, Any]] = {}
-    for path in backbone.paths():
-        if path == "sample":
-            for k in sample_steps:
-                options[f"ddim{k}"] = {"path": "sample", "steps": int(k), "eta": eta}
-        else:
-            options[path] = {"path": path}
-    return options
+def sampling_settings(config: Any) -> dict[str, Any]:
+    """The run's ``eval`` keys a backbone builds its sampling options from (all but crops, seed, path)."""
+    return {k: v for k, v in vars(config.eval).items() if k not in ("crops", "seed", "path")}
+
+
+def named_paths(backbone: Reconstructor, settings: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Report name -> ``(path, options)`` for every name the backbone scores: ``fast``, ``ddim10``, ..."""
+    return {name: backbone.resolve_path(name, **settings) for name in backbone.path_names(**settings)}
 
 
 def heldout_pairs(modality: Modality, config: Any, *, data: str | None = None, split: str = "heldout",
@@ -86,39 +84,43 @@ def _number(value: torch.Tensor) -> float:
     return round(float(value), 4)
 
 
-def evaluate(backbone: Reconstructor, modality: Modality, pairs: list[Pair], *, default_path: str,
-             sample_steps: list[int], eta: float, seed: int, device: torch.device,
+def enhancer(backbone: Reconstructor, choice: tuple[str, Any], device: torch.device, seed: int,
+             autocast: Callable[[], Any] = nullcontext) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``lq -> backbone.enhance(lq)`` on one ``(path, options)``, its sampling noise seeded once."""
+    path, options = choice
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def produce(lq: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return backbone.enhance(lq, path=path, options=options, generator=generator)
+    return produce
+
+
+def evaluate(backbone: Reconstructor, modality: Modality, pairs: list[Pair], *, config: Any, device: torch.device,
              paths: list[str] | None = None, autocast: Callable[[], Any] = nullcontext) -> dict[str, Any]:
-    """The ``eval`` section of report.json."""
+    """The ``eval`` section of report.json for a run of configuration ``config``."""
     backbone.eval()
-    options = path_options(backbone, sample_steps, eta)
+    options = named_paths(backbone, sampling_settings(config))
     if paths:
-        options = {name: opts for name, opts in options.items() if name in paths}
-
-    def run_path(opts: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
-        generator = torch.Generator(device=device).manual_seed(seed)
-
-        def produce(lq: torch.Tensor) -> torch.Tensor:
-            with autocast():
-                return backbone.enhance(lq, generator=generator, **opts)
-        return produce
-
+        options = {name: choice for name, choice in options.items() if name in paths}
+    seed = config.eval.seed
     report: dict[str, Any] = {"crops": len(pairs), "input": score(modality, pairs, lambda lq: lq, device)}
-    report["paths"] = {name: score(modality, pairs, run_path(opts), device) for name, opts in options.items()}
+    report["paths"] = {name: score(modality, pairs, enhancer(backbone, choice, device, seed, autocast), device)
+                       for name, choice in options.items()}
     if backbone.adaptor is not None and "fast" in options:
         with backbone.base_only():
-            report["reconstruct_only"] = score(modality, pairs, run_path(options["fast"]), device)
-    chosen = default_path if default_path in report["paths"] else next(iter(report["paths"]))
+            report["reconstruct_only"] = score(modality, pairs, enhancer(backbone, options["fast"], device, seed,
+                                                                         autocast), device)
+    chosen = config.eval.path if config.eval.path in report["paths"] else next(iter(report["paths"]))
     report["default_path"] = chosen
     report["enhanced"] = report["paths"][chosen]
     return report
 
 
-def validation_psnr(backbone: Reconstructor, modality: Modality, pairs: list[Pair], opts: dict[str, Any],
+def validation_psnr(backbone: Reconstructor, modality: Modality, pairs: list[Pair], choice: tuple[str, Any],
                     device: torch.device, seed: int) -> float:
-    """Mean PSNR of one path on the validation pairs (the early-stopping criterion of phase 2)."""
+    """Mean PSNR of one ``(path, options)`` on the validation pairs (the early-stopping criterion of phase 2)."""
     backbone.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    result = score(modality, pairs, lambda lq: backbone.enhance(lq, generator=generator, **opts), device, by_type=False)
+    result = score(modality, pairs, enhancer(backbone, choice, device, seed), device, by_type=False)
     backbone.train()
     return float(result["psnr"]) if np.isfinite(result["psnr"]) else float("-inf")

@@ -145,7 +145,9 @@ def rdiff_add_cli_options(command: str, parser: argparse.ArgumentParser) -> None
     """Add options to the built-in subcommand ``command`` (``train``, ``enhance``, ...).
 
     Their parsed values reach the plugin through :func:`rdiff_run_started` as ``cli_args``. Use a
-    prefix of the plugin's name for option names so two plugins never clash.
+    prefix of the plugin's name for option names so two plugins never clash. A plugin may also wrap the
+    command's handler (``parser.get_default("handler")``), as the built-in ``rdiff_estimate`` does to
+    answer ``rdiff train --dry-run``.
     """
 
 
@@ -153,7 +155,8 @@ def rdiff_add_cli_options(command: str, parser: argparse.ArgumentParser) -> None
 def rdiff_register_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add whole subcommands: ``p = subparsers.add_parser(...)``; ``p.set_defaults(handler=fn)``.
 
-    ``fn(args) -> int`` runs the command and returns the exit code.
+    ``fn(args) -> int`` runs the command and returns the exit code. The built-in plugins ``rdiff_bench``,
+    ``rdiff_scaffold`` and ``rdiff_degrade`` add ``rdiff bench``, ``rdiff new-plugin`` and ``rdiff degrade``.
     """
 
 

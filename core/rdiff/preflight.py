@@ -114,7 +114,7 @@ def config_problems(config: Any, phases: tuple[str, ...] = ("reconstruct", "adap
 def backbone_problems(config: Any, backbone: Any) -> list[str]:
     """What the built backbone needs of ``config``: a crop size its networks can halve, a step count for
     each of its stages, and a default enhancement path it has."""
-    from rdiff.evaluation import path_options
+    from rdiff.evaluation import named_paths, sampling_settings
 
     train, name = config.train, config.backbone
     out = []
@@ -134,7 +134,7 @@ def backbone_problems(config: Any, backbone: Any) -> list[str]:
         if stage not in stages:
             out.append(f"config key 'train.steps.{stage}' is not a stage of backbone '{name}'"
                        f"{did_you_mean(stage, stages)}; stages: {', '.join(stages)}.")
-    paths = path_options(backbone, config.eval.sample_steps, config.eval.eta)
+    paths = named_paths(backbone, sampling_settings(config))
     if config.eval.path not in paths:
         out.append(f"config key 'eval.path' is '{config.eval.path}', which backbone '{name}' does not offer"
                    f"{did_you_mean(config.eval.path, paths)}; paths: {', '.join(paths)}.")
@@ -390,21 +390,6 @@ def check_backbone(config: Any, backbone: Any, run_dir: str | Path | None = None
         for sentence in space_problems(Path(run_dir), backbone, config):
             problems.add(sentence)
     problems.raise_if_any()
-
-
-def discard_untrained(run_dir: str | Path) -> bool:
-    """Remove a run directory this run created when it stopped before saving anything worth keeping (no
-    checkpoint, no finished stage): rerunning the corrected command must not be refused as "already holds a
-    run", nor must ``--resume`` replay the rejected configuration. Returns whether it was removed."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return False
-    kept = [p for p in run_dir.rglob("*") if p.name in ("checkpoint", "checkpoint.prev", "stages.json",
-                                                        "adaptor.safetensors", "report.json")]
-    if kept:
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
 
 
 def check_heldout(config: Any, modality: Any) -> None:

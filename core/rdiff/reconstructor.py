@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal
 
 import torch
 from torch import nn
+
+from rdiff.errors import UserError, did_you_mean
 
 
 @dataclass
@@ -129,9 +131,32 @@ class Reconstructor(nn.Module, ABC):
             yield
 
     # --- enhancement ---------------------------------------------------------------------------------------
+    #: the dataclass of this backbone's sampling options, the ``options`` its ``enhance`` takes (None: none)
+    sampling_options: ClassVar[type | None] = None
+
     def paths(self) -> tuple[str, ...]:
         """Enhancement paths: ``fast`` (one forward pass) always, ``sample`` for diffusion backbones."""
         return ("fast", "sample") if "sampling" in self.capabilities else ("fast",)
+
+    def path_names(self, **settings: Any) -> list[str]:
+        """The names evaluation scores and ``eval.path`` chooses from (default: :meth:`paths`); ``settings``
+        as for :meth:`resolve_path`. A sampler may name one variant per option set (``ddim10``, ``ddim20``)."""
+        return list(self.paths())
+
+    def resolve_path(self, name: str, **settings: Any) -> tuple[str, Any]:
+        """``(path, options)`` for a path or a name of :meth:`path_names`: ``options`` is what this backbone's
+        :meth:`enhance` takes, built here from ``settings``, the user's values by name (the run's ``eval``
+        keys, ``rdiff enhance --steps/--eta``); unknown names and ``None`` values are ignored. The core passes
+        the object on without looking inside. Default: :attr:`sampling_options` filled from the settings
+        that name its fields, for every path but ``fast``."""
+        paths = self.paths()
+        if name not in paths:
+            raise UserError(f"backbone '{self.registered_name}' has no enhancement path '{name}'"
+                            f"{did_you_mean(name, paths)}; paths: {', '.join(paths)}.")
+        if name == "fast" or self.sampling_options is None:
+            return name, None
+        given = {f.name: settings[f.name] for f in fields(self.sampling_options) if settings.get(f.name) is not None}
+        return name, self.sampling_options(**given)
 
     def tiles_itself(self, path: str) -> bool:
         """Whether ``enhance(path=...)`` takes the whole image and cuts its networks' work into tiles itself
@@ -141,10 +166,11 @@ class Reconstructor(nn.Module, ABC):
         return False
 
     @abstractmethod
-    def enhance(self, lq: torch.Tensor, *, path: str = "fast", steps: int = 10, eta: float = 1.0,
+    def enhance(self, lq: torch.Tensor, *, path: str = "fast", options: Any = None,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Enhanced images in [0, 1], same shape as ``lq`` (H, W multiples of :attr:`size_multiple`).
-        ``noise`` fixes the initial latent noise of sampling paths (tiles of one image share one field)."""
+        ``options``: from :meth:`resolve_path` (``None``: the path's defaults). ``noise`` fixes the initial
+        latent noise of sampling paths (tiles of one image share one field)."""
 
     # what each capability promises beyond this role: rdiff.capabilities (typing.Protocol classes)
 

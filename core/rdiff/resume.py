@@ -48,10 +48,11 @@ def _is_safe(key: str) -> bool:
 
 
 def _phase1_done(run_dir: Path, saved: dict[str, Any]) -> list[str]:
+    from rdiff.run import stages_done
+
     source = Path(saved["reconstruct_from"]) if saved.get("reconstruct_from") else run_dir
-    stages = source / "reconstruct" / "stages.json"
     try:
-        return list(json.loads(stages.read_text())["done"]) if stages.is_file() else []
+        return stages_done(source / "reconstruct")
     except (OSError, ValueError, KeyError):
         return []
 
@@ -63,17 +64,11 @@ def _phase1_finished(run_dir: Path, saved: dict[str, Any]) -> bool:
     return bool(done) and set((saved.get("train") or {}).get("steps") or {}) <= set(done)
 
 
-def _untrained(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds no training result at all (config.yaml only, as a run stopped before its
-    first checkpoint leaves it)."""
-    return not any(p.name in ("checkpoint", "checkpoint.prev", "stages.json", "adaptor.safetensors")
-                   for p in run_dir.rglob("*"))
-
-
 def apply(run_dir: str | Path, saved: dict[str, Any], override: dict[str, Any]) -> tuple[Any, str | None]:
     """The configuration to resume with (a RunConfig) and the note describing what changed (``None`` when
     nothing did). Raises UserError naming every key a resume may not change."""
     from rdiff.config import RunConfig, build, merge, to_dict
+    from rdiff.run import holds_results
 
     run_dir = Path(run_dir)
     before = build(RunConfig, saved)
@@ -87,7 +82,7 @@ def apply(run_dir: str | Path, saved: dict[str, Any], override: dict[str, Any]) 
         return before, None
     done = _phase1_done(run_dir, saved)
     finished = _phase1_finished(run_dir, saved)
-    untrained = _untrained(run_dir)
+    untrained = not holds_results(run_dir)  # config.yaml only, as a run stopped before its first checkpoint
     refused = []
     for key in changed:
         if untrained and key not in COMPONENTS:
@@ -111,22 +106,6 @@ def _show(value: Any) -> str:
     if value is _MISSING:
         return "(unset)"
     return "null" if value is None else str(value)
-
-
-def config_text(config_file: Path, data: dict[str, Any], note: str | None = None) -> str:
-    """config.yaml's new text: the comment lines it already had (earlier resume notes), ``note``, then ``data``."""
-    import yaml
-
-    kept = []
-    if config_file.is_file():
-        for line in config_file.read_text(encoding="utf-8").splitlines():
-            if not line.startswith("#"):
-                break
-            kept.append(line)
-    if note:
-        kept.append(f"# {note}")
-    header = "".join(line + "\n" for line in kept)
-    return header + yaml.safe_dump(data, sort_keys=False)
 
 
 def carry_times(run_dir: str | Path, times: dict[str, float]) -> dict[str, float]:

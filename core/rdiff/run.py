@@ -14,6 +14,7 @@ Layout (see docs/concepts.md)::
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from rdiff.checkpoints import write_bytes, write_json
 from rdiff.config import RunConfig, build, load_yaml, to_dict
 from rdiff.errors import UserError
+from rdiff.evaluation import sampling_settings
 from rdiff.registry import create_adaptor, create_components
 
 STAGES = "stages.json"  # in RUN/reconstruct/: the phase-1 stages finished so far
@@ -49,10 +51,44 @@ def mark_stages_done(directory: Path, done: list[str]) -> None:
 def write_config(run_dir: Path, config: RunConfig, note: str | None = None) -> None:
     """config.yaml: the fully resolved configuration, after the comment lines it already had (what earlier
     resumes changed) and ``note``."""
-    from rdiff.resume import config_text
-
     path = Path(run_dir) / "config.yaml"
     write_bytes(path, config_text(path, to_dict(config), note).encode("utf-8"))
+
+
+def config_text(config_file: Path, data: dict[str, Any], note: str | None = None) -> str:
+    """config.yaml's new text: the comment lines it already had (earlier resume notes), ``note``, then ``data``."""
+    import yaml
+
+    kept = []
+    if config_file.is_file():
+        for line in config_file.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            kept.append(line)
+    if note:
+        kept.append(f"# {note}")
+    header = "".join(line + "\n" for line in kept)
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+#: what training leaves in a run directory (a config.yaml alone is a run stopped before its first checkpoint)
+RESULTS = ("checkpoint", "checkpoint.prev", STAGES, "adaptor.safetensors")
+
+
+def holds_results(run_dir: Path, also: tuple[str, ...] = ()) -> bool:
+    """Whether ``run_dir`` holds anything training wrote (or a file named in ``also``)."""
+    return any(p.name in RESULTS + also for p in Path(run_dir).rglob("*"))
+
+
+def discard_untrained(run_dir: str | Path) -> bool:
+    """Remove a run directory this run created when it stopped before saving anything worth keeping (no
+    checkpoint, no finished stage): rerunning the corrected command must not be refused as "already holds a
+    run", nor must ``--resume`` replay the rejected configuration. Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or holds_results(run_dir, also=("report.json",)):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def truncate_log(run_dir: Path, phase: str, stage: str, step: int) -> None:
@@ -79,17 +115,17 @@ class Run:
     def __init__(self, directory: Path, config: RunConfig, modality: Any, backbone: Any, adapted: bool):
         self.directory, self.config, self.modality, self.backbone, self.adapted = directory, config, modality, backbone, adapted
 
-    @property
-    def default_path(self) -> str:
-        """The enhancement path the run's preset names (``fast`` or ``sample``)."""
-        return "sample" if self.config.eval.path.startswith("ddim") else self.config.eval.path
-
-    @property
-    def default_steps(self) -> int:
-        path, listed = self.config.eval.path, self.config.eval.sample_steps
-        if path.startswith("ddim") and path[4:].isdigit():
-            return int(path[4:])
-        return listed[0] if listed else 50  # no sampling path evaluated: DDIM's usual 50 when one is asked for
+    def resolve_path(self, path: str | None = None, **settings: Any) -> tuple[str, Any]:
+        """``(path, options)`` to enhance with: ``path`` (a path or name of the backbone; default the run's
+        ``eval.path``) with the backbone's options built from the run's ``eval`` settings under ``settings``
+        (e.g. ``steps``, ``eta``). Naming the path the run's own ``eval.path`` means (``sample`` for
+        ``ddim20``) keeps that name's options."""
+        defaults = sampling_settings(self.config)
+        own = self.config.eval.path
+        if path is None or path == self.backbone.resolve_path(own, **defaults)[0]:
+            path = own
+        given = {k: v for k, v in settings.items() if v is not None}
+        return self.backbone.resolve_path(path, **{**defaults, **given})
 
     @property
     def tile(self) -> int:
@@ -147,16 +183,18 @@ class Run:
         backbone.eval()
         return cls(directory, config, modality, backbone, adapted)
 
-    def enhance(self, image: np.ndarray | torch.Tensor, **options: Any) -> np.ndarray | torch.Tensor:
+    def enhance(self, image: np.ndarray | torch.Tensor, *, path: str | None = None, **options: Any
+                ) -> np.ndarray | torch.Tensor:
         """Enhance one image: numpy ``H×W×C`` in [0, 1] (returns numpy) or a tensor ``C×H×W`` / ``B×C×H×W``
-        in [0, 1] (returns a tensor). Options as :func:`rdiff.enhance.enhance_image`."""
-        from rdiff.enhance import enhance_image
+        in [0, 1] (returns a tensor). Options as :func:`rdiff.enhance.enhance_image`; the others (``steps``,
+        ``eta``, ...) are the backbone's sampling settings (:meth:`resolve_path`)."""
+        from rdiff.enhance import IMAGE_OPTIONS, enhance_image
 
-        options.setdefault("path", self.default_path)
-        options.setdefault("steps", self.default_steps)
-        options.setdefault("eta", self.config.eval.eta)
+        settings = {k: options.pop(k) for k in list(options) if k not in IMAGE_OPTIONS}
+        path, sampling = self.resolve_path(path, **settings)
         options.setdefault("tile", self.tile)
         options.setdefault("overlap", self.overlap)
+        options.update(path=path, options=sampling)
         if isinstance(image, torch.Tensor):
             batch = image[None] if image.dim() == 3 else image
             outs = [enhance_image(self.backbone, self.modality, b.permute(1, 2, 0).cpu().numpy(), **options) for b in batch]
@@ -167,41 +205,28 @@ class Run:
     def evaluate(self, *, data: str | None = None, pairs: str | None = None, crops: int | None = None,
                  paths: list[str] | None = None) -> dict[str, Any]:
         """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
-        from rdiff.data import load_pair_folder
-        from rdiff.evaluation import evaluate, heldout_pairs, path_options, score
+        from rdiff.data import load_pair_folder, to_tensor
+        from rdiff.evaluation import evaluate, heldout_pairs, local_metrics, named_paths, score
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
         if pairs is None:
             held = heldout_pairs(self.modality, cfg, data=data, split="all" if data is not None else "heldout",
                                  crops=crops)
-            return evaluate(self.backbone, self.modality, held, default_path=cfg.eval.path,
-                            sample_steps=cfg.eval.sample_steps, eta=cfg.eval.eta, seed=cfg.eval.seed,
-                            device=device, paths=paths)
+            return evaluate(self.backbone, self.modality, held, config=cfg, device=device, paths=paths)
         real = load_pair_folder(self.modality, pairs, resize=None)  # native resolution
-        options = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta)
-        if paths:
-            options = {k: v for k, v in options.items() if k in paths}
+        names = [n for n in named_paths(self.backbone, sampling_settings(cfg)) if not paths or n in paths]
         report: dict[str, Any] = {"images": len(real), "input": score(self.modality, real, lambda lq: lq, device, 1)}
         report["paths"] = {}
-        for name, opts in options.items():
-            report["paths"][name] = _score_whole(self, real, opts)
+        for name in names:  # whole images enhanced tile by tile (each pair may have its own size)
+            metrics = local_metrics(self.modality.metrics())
+            for pair in real:
+                out = self.enhance(pair.lq, roi=pair.roi, path=name)
+                metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
+            report["paths"][name] = {k: round(float(v), 4) for k, v in metrics.compute().items()}
         chosen = cfg.eval.path if cfg.eval.path in report["paths"] else next(iter(report["paths"]))
         report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
         return report
-
-
-def _score_whole(run: Run, pairs: list, opts: dict[str, Any]) -> dict[str, Any]:
-    """Score whole images enhanced tile by tile (each pair may have its own size)."""
-    from rdiff.data import to_tensor
-
-    from rdiff.evaluation import local_metrics
-
-    metrics = local_metrics(run.modality.metrics())
-    for pair in pairs:
-        out = run.enhance(pair.lq, roi=pair.roi, **opts)
-        metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
-    return {k: round(float(v), 4) for k, v in metrics.compute().items()}
 
 
 def _load(backbone: Any, directory: Path, name: str) -> None:

@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,3 +103,33 @@ def lr_factor(train: Any, steps: int, step: int) -> float:
     if train.lr_schedule == "cosine" and steps > warmup:
         factor *= 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, step - warmup) / (steps - warmup))))
     return factor
+
+
+def optimisers(fit: Fit, train: Any) -> tuple[Any, Any, Any]:
+    """AdamW over the phase's parameters, its learning-rate schedule, and the EMA (``None`` when off)."""
+    optimizer = torch.optim.AdamW(fit.params, lr=fit.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, train, fit.steps))
+    ema = None
+    if train.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(fit.params, decay=train.ema_decay)
+    return optimizer, scheduler, ema
+
+
+def resume_from(directory: Path, fit: Fit, optimizer: Any, scheduler: Any, ema: Any, device: torch.device
+                ) -> tuple[int, dict[str, Any], Path] | None:
+    """Restore the last complete checkpoint in ``directory`` when it belongs to ``fit``'s stage: ``(step, the
+    info it recorded besides phase, stage and step, its path)``, or ``None``."""
+    from rdiff.checkpoints import load_checkpoint
+
+    found = load_checkpoint(directory)
+    if found is None or found[2].get("stage") != fit.stage:
+        return None
+    tensors, state, info, path = found
+    fit.restore(tensors)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None and "ema" in tensors:
+        ema.shadow_params = [tensors["ema"][str(i)].to(device) for i in range(len(ema.shadow_params))]
+    return int(info["step"]), {k: v for k, v in info.items() if k not in ("phase", "stage", "step")}, path

@@ -13,6 +13,6 @@ from rdiff import hookimpl
 
 @hookimpl
 def rdiff_register_commands(subparsers):
-    from rdiff_bench.bench import add_parser
+    from rdiff_bench.command import add_parser
 
     add_parser(subparsers)

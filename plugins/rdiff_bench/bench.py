@@ -246,10 +246,9 @@ class Bench:
         return result
 
     def store(self, unit: Unit, result: dict[str, Any]) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_dir / f".{unit.key}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        tmp.replace(self.cache_dir / f"{unit.key}.json")
+        from rdiff.checkpoints import write_json  # the one atomic writer
+
+        write_json(self.cache_dir / f"{unit.key}.json", result)
 
     # -- the whole bench ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -401,23 +400,17 @@ class Bench:
         import torch
 
         from rdiff.data import stack
-        from rdiff.evaluation import path_options, score
+        from rdiff.evaluation import enhancer, named_paths, sampling_settings, score
 
         config, backbone, device = unit.config, engine.backbone, engine.device
         pairs = self.heldout(config, engine.modality)
         scored = pairs if typed else [replace(p, params={}) for p in pairs]
-        options = path_options(backbone, config.eval.sample_steps, config.eval.eta)
-        options = {name: opts for name, opts in options.items()
-                   if name == "fast" or (sampling and opts["path"] != "fast")}
+        options = {name: choice for name, choice in named_paths(backbone, sampling_settings(config)).items()
+                   if name == "fast" or (sampling and choice[0] != "fast")}
         backbone.eval()
         started = time.perf_counter()
-        scores = {}
-        for name, opts in options.items():
-            generator = torch.Generator(device=device).manual_seed(config.eval.seed)  # the same noise for all
-
-            def enhance(lq: torch.Tensor, opts: dict = opts, generator: torch.Generator = generator) -> torch.Tensor:
-                return backbone.enhance(lq, generator=generator, **opts)
-            scores[name] = score(engine.modality, scored, enhance, device)
+        scores = {name: score(engine.modality, scored, enhancer(backbone, choice, device, config.eval.seed), device)
+                  for name, choice in options.items()}  # each path from the same noise
         if unit.seed == 0 and (unit.kind == "reconstruct" or unit.headline):  # the before/after grid
             with torch.no_grad():
                 lq = stack(pairs[:SAMPLES])["lq"].to(device)
@@ -461,7 +454,7 @@ def _engine_class() -> type:
     from rdiff.engine import Engine  # torch: when the bench runs, not at start-up
     from rdiff.training import BestSoFar, Fit, stable_seed
     from rdiff import evaluation  # validation_psnr through its module, so that tests can replace it
-    from rdiff.evaluation import path_options
+    from rdiff.evaluation import named_paths, sampling_settings
 
     class BenchEngine(Engine):
         """The engine, with the degradation parameters left off its validation crops (validation needs only
@@ -482,11 +475,11 @@ def _engine_class() -> type:
             cfg, train = self.config, self.config.train
             started = time.perf_counter()
             train_pairs, val_pairs, size = self.pairs()  # the pairs adapt() gets with the same seed
-            val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
+            val_path = named_paths(self.backbone, sampling_settings(cfg)).get(cfg.eval.path, ("fast", None))
             best = BestSoFar()
 
             def validate(step: int) -> dict[str, float]:
-                psnr = evaluation.validation_psnr(self.backbone, self.modality, val_pairs, val_opts, self.device,
+                psnr = evaluation.validation_psnr(self.backbone, self.modality, val_pairs, val_path, self.device,
                                                   cfg.eval.seed)
                 best.offer(psnr, step, self.backbone.state_dict)
                 return {"val_psnr": round(psnr, 4), "best_step": best.step}
@@ -602,7 +595,7 @@ def measure_step_times(config: Any, channels: int) -> StepTimes:
     import torch
 
     from rdiff.registry import create_adaptor, create_backbone
-    from rdiff.evaluation import path_options
+    from rdiff.evaluation import named_paths, sampling_settings
 
     torch.manual_seed(0)
     backbone = create_backbone(config.backbone, preset=None, channels=channels, **config.model)
@@ -636,9 +629,8 @@ def measure_step_times(config: Any, channels: int) -> StepTimes:
     with torch.no_grad():  # per crop, at a batch near the evaluation's (small batches cost more per crop)
         x, _ = batch(8)
         fast = _timed(lambda: backbone.enhance(x, path="fast")) / len(x)
-        sampling = sum(_timed(lambda o=o: backbone.enhance(x[:4], **o)) / 4
-                       for o in path_options(backbone, config.eval.sample_steps, config.eval.eta).values()
-                       if o["path"] != "fast")
+        sampling = sum(_timed(lambda p=p, o=o: backbone.enhance(x[:4], path=p, options=o)) / 4
+                       for p, o in named_paths(backbone, sampling_settings(config)).values() if p != "fast")
     backbone.train()
     try:
         adaptor = create_adaptor(config.adaptor, backbone, **config.adaptor_options)
@@ -1117,55 +1109,6 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``rdiff bench`` on the CLI's subparsers."""
-    defaults = Settings(backbones=[], modalities=[])
-    p = subparsers.add_parser(
-        "bench", help="compare adapted models with input, CLAHE, reconstruct-only and from-scratch baselines",
-        description="For every backbone × modality (× adaptor) and seed: train phase 1 once, adapt it with each "
-                    "pairs count, train the same backbone from scratch on the same pairs, score everything on "
-                    "fixed held-out crops; write results.json, results.md and plots to --out. Finished work is "
-                    "cached (re-running skips it; --force recomputes). With --data DIR --modality NAME: the "
-                    "real-data benchmark on your own folder (split by subject, whole test images; see "
-                    "docs/benchmarks.md).")
-    # --- real-data benchmark (rdiff_bench.real_data): with --data, --backbones/--modalities are optional
-    p.add_argument("--backbones", help="comma-separated backbone names, e.g. cnn-ae,ldm-unet,dit (required without "
-                                       "--data; with --data default ldm-unet)")
-    p.add_argument("--modalities",
-                   help="comma-separated modality names, e.g. fundus,oct,photo (required without --data)")
-    # --- end real-data benchmark
-    p.add_argument("--adaptors", default=",".join(defaults.adaptors), help="comma-separated adaptor names")
-    p.add_argument("--preset", default=defaults.preset, help="backbone preset the runs start from")
-    p.add_argument("--pairs-counts", default=",".join(map(str, defaults.pairs_counts)),
-                   help="comma-separated numbers of training pairs; the largest is reported in full (sampling "
-                        "paths, by degradation type, convergence); not used with --data")
-    p.add_argument("--seeds", type=int, default=defaults.seeds, help="training seeds per cell (0, 1, ...)")
-    p.add_argument("--crops", type=int, default=defaults.crops,
-                   help="held-out crops per modality (not used with --data, which scores whole test images)")
-    p.add_argument("--reconstruct-steps", type=_budget, default=defaults.reconstruct_steps,
-                   help="phase-1 steps of every backbone stage, or 'preset' for the preset's own (the tiny "
-                        "presets train 300-400)")
-    p.add_argument("--adapt-steps", type=_budget, default=defaults.adapt_steps,
-                   help="adaptation steps, also the from-scratch budget, or 'preset' (the tiny presets adapt 150)")
-    p.add_argument("--batch-size", type=_budget, default=defaults.batch_size,
-                   help="phase-1 batch size, or 'preset' (adaptation keeps the preset's)")
-    p.add_argument("--scratch-lr", type=float, default=defaults.scratch_lr,
-                   help="learning rate of the from-scratch baseline (default: the adaptation's, train.adapt_lr); "
-                        "a randomly initialised model usually wants a higher one")
-    p.add_argument("--out", default=defaults.out, help="output folder: results, plots, runs/ and cache/")
-    p.add_argument("--force", action="store_true", help="recompute every unit even when it is cached")
-    p.add_argument("--dry-run", action="store_true", help="print the units to run and the time estimate, then stop")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="configuration key for every run, e.g. --set train.adapt_lr=3e-4 (repeatable)")
-    # --- real-data benchmark (rdiff_bench.real_data)
-    from rdiff_bench.real_data import add_arguments as add_real_data_arguments
-
-    add_real_data_arguments(p)
-    # --- end real-data benchmark
-    p.set_defaults(handler=cmd_bench)
-    return p
-
-
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from rdiff.config import parse_set
 
@@ -1195,16 +1138,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     dry_run=args.dry_run, overrides=overrides)
 
 
-def _budget(text: str) -> int | None:
-    """A budget flag's value: a whole number, or 'preset' (None) for the preset's own."""
-    if text.strip().lower() == "preset":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'preset', got '{text}'") from None
-
-
 def require_matplotlib() -> None:
     """Stop before any training when the plots could not be drawn at the end (matplotlib is an extra)."""
     from importlib.util import find_spec
@@ -1212,27 +1145,3 @@ def require_matplotlib() -> None:
     if find_spec("matplotlib") is None:
         raise UserError("rdiff bench draws its plots with matplotlib, which is not installed; "
                         "install it with `pip install rdiff[bench]`.")
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Exit code 0 when every row has figures, 1 when some failed (everything else is still written)."""
-    # --- real-data benchmark (rdiff_bench.real_data): --data hands the whole command over
-    if getattr(args, "data", None):
-        from rdiff_bench import real_data
-
-        return real_data.run(args)
-    for flag in ("backbones", "modalities"):
-        if not getattr(args, flag):
-            raise UserError(f"rdiff bench needs --{flag} (or --data DIR --modality NAME for the real-data benchmark).")
-    # --- end real-data benchmark
-    bench = Bench(settings_from_args(args))
-    if not bench.settings.dry_run:
-        require_matplotlib()
-    report = bench.run()
-    if bench.settings.dry_run:
-        return 0
-    failed = [r for r in report["rows"] if r["error"]]
-    if failed:
-        say(f"{len(failed)} of {len(report['rows'])} rows failed; see {bench.out / 'results.md'}")
-        return 1
-    return 0

@@ -673,11 +673,10 @@ def _fresh(run_dir: Path) -> None:
 
 
 def _paths(run: Any) -> dict[str, dict[str, Any]]:
-    """Enhancement options of every path the run offers: ``fast`` and ``ddimK`` for each K in eval.sample_steps."""
-    from rdiff.evaluation import path_options
+    """Enhancement options of every path name the run offers: ``fast`` and ``ddimK`` for each K in eval.sample_steps."""
+    from rdiff.evaluation import named_paths, sampling_settings
 
-    options = path_options(run.backbone, run.config.eval.sample_steps, run.config.eval.eta)
-    return {name: {k: v for k, v in opts.items()} for name, opts in options.items()}
+    return {name: {"path": name} for name in named_paths(run.backbone, sampling_settings(run.config))}
 
 
 # --- rows and tables ----------------------------------------------------------------------------------------------
@@ -827,12 +826,12 @@ def write_grid(bench: RealBench, tests: list[Any]) -> Path | None:
 def evaluate_run(run: Any, data: str, paths: list[str] | None = None) -> dict[str, Any]:
     """The run scored on the ``test`` part of DIR's split by subject (:func:`split_folder`): whole images at
     the run's working scale, degraded by its modality's simulator with the seed ``(eval.seed, index)``."""
-    from rdiff.evaluation import path_options
+    from rdiff.evaluation import named_paths, sampling_settings
 
     cfg = run.config
     split = split_folder(run.modality, data)
     tests = test_pairs(run.modality, split["test"], cfg.train.resize, cfg.eval.seed)
-    options = path_options(run.backbone, cfg.eval.sample_steps, cfg.eval.eta)
+    options = {name: {"path": name} for name in named_paths(run.backbone, sampling_settings(cfg))}
     if paths:
         unknown = [p for p in paths if p not in options]
         if unknown:

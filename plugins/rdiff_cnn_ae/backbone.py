@@ -155,10 +155,10 @@ class CNNAE(Reconstructor):
                                           "latent_l1_hq": float(stay_put.detach())}
 
     # --- enhancement ---------------------------------------------------------------------------------------
-    def enhance(self, lq: torch.Tensor, *, path: str = "fast", steps: int = 10, eta: float = 1.0,
+    def enhance(self, lq: torch.Tensor, *, path: str = "fast", options: Any = None,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``D(E'(lq))`` in [0, 1]; ``steps``, ``eta``, ``generator`` and ``noise`` concern sampling paths,
-        which this backbone does not have."""
+        """``D(E'(lq))`` in [0, 1]; ``options``, ``generator`` and ``noise`` concern sampling paths, which
+        this backbone does not have."""
         if path != "fast":
             raise UserError(f"backbone 'cnn-ae' has only the enhancement path 'fast', not '{path}'.")
         height, width = lq.shape[-2:]

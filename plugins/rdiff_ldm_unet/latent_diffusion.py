@@ -14,8 +14,10 @@ or DDIM sampling conditioned on ``E'(lq)`` (``sample``).
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +26,33 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from rdiff import AdaptationTarget, Reconstructor, UserError
+from rdiff.errors import did_you_mean
 from rdiff_ldm_unet.autoencoder import (AutoencoderLoss, build_autoencoder, decode_raw, downsampling_factor,
                                         enable_gradient_checkpointing, encode_raw, encoder_adaptation_targets,
                                         encoder_lora_targets, image_adaptation_targets, latent_std)
 from rdiff_ldm_unet.config import LatentConfig
 
 
+@dataclass(frozen=True)
+class DDIMOptions:
+    """The options of the ``sample`` path: DDIM ``steps`` and ``eta`` (1.0 in the paper's code).
+
+    Built by :meth:`LatentDiffusion.resolve_path` from a path name (``ddim20``: 20 steps) and the settings
+    ``steps`` (``rdiff enhance --steps``), ``eta`` (``--eta``, ``eval.eta``) and ``sample_steps``."""
+
+    steps: int = 10
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UserError(f"steps must be at least 1, not {self.steps}.")
+
+
 class LatentDiffusion(Reconstructor):
     """A latent autoencoder and a concat-conditioned denoiser; subclasses provide the denoiser."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"latent", "concat_condition", "sampling", "lora_targets"})
+    sampling_options: ClassVar[type] = DDIMOptions
     stages: ClassVar[tuple[str, ...]] = ("autoencoder", "denoiser")
 
     def __init__(self, config: LatentConfig, channels: int):
@@ -216,13 +235,33 @@ class LatentDiffusion(Reconstructor):
         """The latent tile side the denoiser must see (None: any, e.g. a convolutional UNet)."""
         return None
 
+    def path_names(self, *, sample_steps: list[int] | tuple[int, ...] = (DDIMOptions.steps,), **_: Any) -> list[str]:
+        """``fast`` and ``ddimK`` for each K of ``sample_steps`` (the run's ``eval.sample_steps``)."""
+        return ["fast", *(f"ddim{int(k)}" for k in sample_steps)]
+
+    def resolve_path(self, name: str, *, steps: int | None = None, eta: float | None = None,
+                     sample_steps: list[int] | None = None, **_: Any) -> tuple[str, DDIMOptions | None]:
+        """``fast``; ``sample`` (``steps``, else the first of ``sample_steps``) or ``ddimK`` (K steps unless
+        ``steps`` says otherwise), with ``eta``."""
+        if name == "fast":
+            return "fast", None
+        named = re.fullmatch(r"ddim(\d+)", name)
+        if name != "sample" and not named:
+            known = ("fast", "sample", *self.path_names(sample_steps=sample_steps or (DDIMOptions.steps,)))
+            raise UserError(f"backbone '{self.registered_name}' has no enhancement path '{name}'"
+                            f"{did_you_mean(name, known)}; paths: fast, sample, ddimK (DDIM with K steps).")
+        default = int(named[1]) if named else int(sample_steps[0]) if sample_steps else DDIMOptions.steps
+        return "sample", DDIMOptions(steps=default if steps is None else int(steps),
+                                     eta=DDIMOptions.eta if eta is None else float(eta))
+
     @torch.no_grad()
-    def enhance(self, lq: torch.Tensor, *, path: str = "fast", steps: int = 10, eta: float = 1.0,
+    def enhance(self, lq: torch.Tensor, *, path: str = "fast", options: DDIMOptions | None = None,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                 tile: int | None = None, overlap: int = 32) -> torch.Tensor:
-        """``fast``: ``D(E'(lq))``; ``sample``: DDIM with ``steps`` steps from noise, conditioned on ``E'(lq)``.
-        With ``tile``, encoder, denoiser (at every step) and decoder each run on overlapping tiles of at most
-        ``tile`` image pixels (:func:`rdiff.enhance.tiled_apply`): memory bounded by the tile, one latent."""
+        """``fast``: ``D(E'(lq))``; ``sample``: DDIM (``options``, default :class:`DDIMOptions`) from noise,
+        conditioned on ``E'(lq)``. With ``tile``, encoder, denoiser (at every step) and decoder each run on
+        overlapping tiles of at most ``tile`` image pixels (:func:`rdiff.enhance.tiled_apply`): memory
+        bounded by the tile, one latent."""
         from rdiff.enhance import tiled_apply
 
         if path not in self.paths():
@@ -241,7 +280,8 @@ class LatentDiffusion(Reconstructor):
             denoiser_tile = self.denoiser_tile() or latent_tile
             # the denoiser's reach is wider than the autoencoder's and every step's difference is amplified
             # by the next: a quarter of the tile overlaps
-            latents = self.sample(condition, steps=steps, eta=eta, generator=generator, noise=noise,
+            options = options or DDIMOptions()
+            latents = self.sample(condition, steps=options.steps, eta=options.eta, generator=generator, noise=noise,
                                   tile=(denoiser_tile, min(max(latent_overlap, denoiser_tile // 4), denoiser_tile // 2),
                                         latent_multiple))
         return tiled_apply(self.decode, latents, latent_tile, latent_overlap, latent_multiple).clamp(0, 1)

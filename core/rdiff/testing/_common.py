@@ -58,7 +58,8 @@ def _side(backbone: Reconstructor, wanted: int) -> int:
 def _outputs(backbone: Reconstructor, lq: torch.Tensor, seed: int = 3) -> dict[str, torch.Tensor]:
     """Every enhancement path of ``backbone`` on ``lq`` (sampling paths with 2 steps, seeded)."""
     with torch.no_grad():
-        return {path: backbone.enhance(lq, path=path, steps=2, eta=1.0, generator=torch.Generator().manual_seed(seed))
+        return {path: backbone.enhance(lq, path=path, options=backbone.resolve_path(path, steps=2, eta=1.0)[1],
+                                       generator=torch.Generator().manual_seed(seed))
                 for path in backbone.paths()}
 
 
@@ -127,7 +128,7 @@ class _Incapable(Reconstructor):
     def adaptation_loss(self, lq, hq, roi):
         return (self.layer(lq) - hq).abs().mean()
 
-    def enhance(self, lq, *, path="fast", steps=10, eta=1.0, generator=None, noise=None):
+    def enhance(self, lq, *, path="fast", options=None, generator=None, noise=None):
         return self.layer(lq).clamp(0, 1)
 
     def networks(self) -> dict[str, nn.Module]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,6 +71,22 @@ class BackboneContract:
         unstaged = [n for n, p in built.named_parameters() if p.requires_grad and id(p) not in staged]
         assert not unstaged, f"parameters no stage trains (they would stay random): {unstaged[:3]}"
         assert set(built.networks()), "networks() must name at least one network"
+
+    def test_path_names_resolve_to_the_backbones_typed_options(self, built: Reconstructor) -> None:
+        from rdiff.errors import UserError
+
+        settings = {"sample_steps": [2, 3], "eta": 0.5, "steps": None, "unknown_setting": 1}
+        names = built.path_names(**settings)
+        assert "fast" in names and len(set(names)) == len(names), "path names must be unique and include 'fast'"
+        declared = built.sampling_options
+        assert declared is None or dataclasses.is_dataclass(declared), "sampling_options must be a dataclass"
+        for name in [*names, *built.paths()]:
+            path, options = built.resolve_path(name, **settings)
+            assert path in built.paths(), f"'{name}' resolves to '{path}', which is not one of paths()"
+            assert options is None or (declared is not None and isinstance(options, declared)), \
+                f"the options of '{name}' must be an instance of the backbone's sampling_options"
+        with pytest.raises(UserError):
+            built.resolve_path("no-such-path", **settings)
 
     def test_stage_losses_are_finite_and_reach_only_their_stage(self, built: Reconstructor) -> None:
         batch = self.batch(built)

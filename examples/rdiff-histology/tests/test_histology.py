@@ -85,6 +85,7 @@ def test_trains_end_to_end_with_a_built_in_backbone(tmp_path):
     assert (out / "adapt" / "adaptor.safetensors").is_file()
     lines = [json.loads(line) for line in log.read_text().splitlines()]  # the plugin's observers wrote it
     assert len(lines) == 1 and lines[0]["run"] == str(out) and lines[0]["enhanced"] == report["eval"]["enhanced"]
+    assert lines[0]["checkpoints"] >= 2 and {"reconstruct:autoencoder", "adapt:adapt"} <= set(lines[0]["final_loss"])
 
 
 def test_the_log_option_is_added_to_training_commands_and_refused_for_other_modalities(tmp_path):

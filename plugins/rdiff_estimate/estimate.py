@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from rdiff.config import RunConfig
 
@@ -243,7 +242,7 @@ def measure_step_peak(config: RunConfig, stage: str, steps: int = 2) -> dict[str
     """Run ``steps`` real training steps of ``stage`` on the CPU in this process (as the engine does:
     AdamW, gradient clipping, EMA when configured, float32) and return the peak resident memory above what
     the process held before building the model, in bytes, with the seconds per step. Run it in a fresh
-    process (``python -m rdiff.estimate``): the peak is the process's lifetime maximum."""
+    process (``python -m rdiff_estimate.estimate``): the peak is the process's lifetime maximum."""
     import resource
 
     import psutil
@@ -324,7 +323,7 @@ def measured_peak(config_layers: list[dict[str, Any]], stage: str, steps: int = 
     # gives every large tensor its own mapping, returned when freed, so the peak is what was live at once
     # (closer to a GPU's caching allocator, which reuses freed blocks).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-m", "rdiff.estimate", json.dumps(config_layers), stage, str(steps)],
+    done = subprocess.run([sys.executable, "-m", "rdiff_estimate.estimate", json.dumps(config_layers), stage, str(steps)],
                           capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"the memory measurement failed:\n{done.stderr[-3000:]}")
