@@ -32,7 +32,7 @@ from rdiff.errors import UserError, did_you_mean
 # "validation PSNR -inf dB"; an interval of 0 divides by zero in the training loop)
 AT_LEAST: dict[str, int] = {
     "seed": 0,
-    "train.image_size": 1, "train.batch_size": 1, "train.adapt_batch_size": 1, "train.grad_accum": 1,
+    "train.image_size": 1, "train.adapt_image_size": 1, "train.batch_size": 1, "train.adapt_batch_size": 1, "train.grad_accum": 1,
     "train.adapt_steps": 1, "train.pairs": 1, "train.val_pairs": 1, "train.val_every": 1,
     "train.checkpoint_every": 1, "train.log_every": 1, "train.max_bad_steps": 1, "train.warmup_steps": 0,
     "train.eval_every": 0, "train.num_workers": 0,
@@ -84,7 +84,7 @@ def config_problems(config: Any, phases: tuple[str, ...] = ("reconstruct", "adap
         if key in PHASE_2 and "adapt" not in phases:
             continue
         value = _get(config, key)
-        if value < minimum:
+        if value is not None and value < minimum:
             out.append(f"config key '{key}' must be at least {minimum}, not {value}.")
     for stage, steps in train.steps.items():
         if steps < 1 and "reconstruct" in phases:
@@ -119,12 +119,13 @@ def backbone_problems(config: Any, backbone: Any) -> list[str]:
     train, name = config.train, config.backbone
     out = []
     multiple = int(getattr(backbone, "size_multiple", 1) or 1)
-    if train.image_size >= 1 and train.image_size % multiple:
-        lower = train.image_size // multiple * multiple
-        upper = lower + multiple
-        suggestion = f"{lower} or {upper}" if lower else f"{upper}"
-        out.append(f"config key 'train.image_size' must be a multiple of {multiple} for backbone '{name}' "
-                   f"(its networks halve the image that often), not {train.image_size}; try {suggestion}.")
+    for key, size in (("train.image_size", train.image_size), ("train.adapt_image_size", train.adapt_image_size)):
+        if size is not None and size >= 1 and size % multiple:
+            lower = size // multiple * multiple
+            upper = lower + multiple
+            suggestion = f"{lower} or {upper}" if lower else f"{upper}"
+            out.append(f"config key '{key}' must be a multiple of {multiple} for backbone '{name}' "
+                       f"(its networks halve the image that often), not {size}; try {suggestion}.")
     stages = tuple(backbone.stages)
     for stage in stages:
         if stage not in train.steps:
