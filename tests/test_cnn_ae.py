@@ -75,7 +75,8 @@ def test_save_pretrained_round_trip(tmp_path):
     backbone.autoencoder.save_pretrained(tmp_path / "ae")
     loaded = CNNAutoencoder.from_pretrained(tmp_path / "ae")
     with torch.no_grad():
-        assert torch.equal(loaded(images * 2 - 1), expected)
+        # equal up to float rounding (layer_norm's vectorised kernel may round differently on other memory)
+        torch.testing.assert_close(loaded(images * 2 - 1), expected, atol=1e-5, rtol=0)
     assert loaded.config.block_out_channels == [32, 64, 64]
 
     backbone.save(tmp_path / "run")  # the engine's layout: one folder per network
@@ -148,4 +149,4 @@ def test_a_timm_encoder_builds_runs_and_adapts(tmp_path):
     backbone.autoencoder.save_pretrained(tmp_path / "ae")  # rebuilt from its config, never downloaded
     loaded = CNNAutoencoder.from_pretrained(tmp_path / "ae")
     with torch.no_grad():
-        assert torch.equal(loaded(lq * 2 - 1), backbone.autoencoder(lq * 2 - 1))
+        torch.testing.assert_close(loaded(lq * 2 - 1), backbone.autoencoder(lq * 2 - 1), atol=1e-5, rtol=0)

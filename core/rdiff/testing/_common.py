@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 #: The adaptation groups the built-in adaptors understand (see :class:`rdiff.AdaptationTarget`).
-TARGET_GROUPS = frozenset({"encoder", "denoiser_down", "denoiser_mid", "denoiser_up"})
+TARGET_GROUPS = frozenset({"image", "encoder", "denoiser_down", "denoiser_mid", "denoiser_up"})
 
 
 # --- shared helpers -------------------------------------------------------------------------------------------
