@@ -26,7 +26,7 @@ from rdiff.checkpoints import load_checkpoint, save_checkpoint, write_json, writ
 from rdiff.config import RunConfig
 from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
 from rdiff.errors import TrainingStopped, UserError
-from rdiff.evaluation import evaluate, heldout_pairs, path_options, validation_psnr
+from rdiff.evaluation import evaluate, heldout_pairs, path_name, path_options, validation_psnr
 from rdiff.plugins import plugins
 from rdiff.registry import create_adaptor, create_components, create_modality
 from rdiff.report import build_report
@@ -142,7 +142,8 @@ class Engine:
         params = list(adaptor.trainable_parameters())
         if train.train_base:
             params += [p for p in self.backbone.finetune_parameters() if all(p is not q for q in params)]
-        val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(cfg.eval.path, {"path": "fast"})
+        val_opts = path_options(self.backbone, cfg.eval.sample_steps, cfg.eval.eta).get(
+            path_name(cfg.eval.path, cfg.eval.sample_steps), {"path": "fast"})
         best = BestSoFar()
 
         def weights() -> dict[str, dict[str, torch.Tensor]]:

@@ -33,6 +33,12 @@ def path_options(backbone: Reconstructor, sample_steps: list[int], eta: float) -
     return options
 
 
+def path_name(path: str, sample_steps: list[int]) -> str:
+    """The report name of ``eval.path``: ``sample`` is the sampling path at the first of ``eval.sample_steps``
+    (``ddimK``, the steps ``rdiff enhance --path sample`` takes by default); other names are kept."""
+    return f"ddim{int(sample_steps[0])}" if path == "sample" and sample_steps else path
+
+
 def heldout_pairs(modality: Modality, config: Any, *, data: str | None = None, split: str = "heldout",
                   crops: int | None = None) -> list[Pair]:
     """The fixed held-out crops a run is scored on: ``crops`` (default ``eval.crops``) crops of the
@@ -108,6 +114,7 @@ def evaluate(backbone: Reconstructor, modality: Modality, pairs: list[Pair], *, 
     if backbone.adaptor is not None and "fast" in options:
         with backbone.base_only():
             report["reconstruct_only"] = score(modality, pairs, run_path(options["fast"]), device)
+    default_path = path_name(default_path, sample_steps)
     chosen = default_path if default_path in report["paths"] else next(iter(report["paths"]))
     report["default_path"] = chosen
     report["enhanced"] = report["paths"][chosen]

@@ -114,7 +114,7 @@ def config_problems(config: Any, phases: tuple[str, ...] = ("reconstruct", "adap
 def backbone_problems(config: Any, backbone: Any) -> list[str]:
     """What the built backbone needs of ``config``: a crop size its networks can halve, a step count for
     each of its stages, and a default enhancement path it has."""
-    from rdiff.evaluation import path_options
+    from rdiff.evaluation import path_name, path_options
 
     train, name = config.train, config.backbone
     out = []
@@ -135,9 +135,10 @@ def backbone_problems(config: Any, backbone: Any) -> list[str]:
             out.append(f"config key 'train.steps.{stage}' is not a stage of backbone '{name}'"
                        f"{did_you_mean(stage, stages)}; stages: {', '.join(stages)}.")
     paths = path_options(backbone, config.eval.sample_steps, config.eval.eta)
-    if config.eval.path not in paths:
+    if path_name(config.eval.path, config.eval.sample_steps) not in paths:
+        named = [*paths, "sample"] if "sample" in backbone.paths() else list(paths)
         out.append(f"config key 'eval.path' is '{config.eval.path}', which backbone '{name}' does not offer"
-                   f"{did_you_mean(config.eval.path, paths)}; paths: {', '.join(paths)}.")
+                   f"{did_you_mean(config.eval.path, named)}; paths: {', '.join(named)}.")
     return out
 
 

@@ -166,7 +166,7 @@ class Run:
                  paths: list[str] | None = None) -> dict[str, Any]:
         """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
         from rdiff.data import load_pair_folder
-        from rdiff.evaluation import evaluate, heldout_pairs, path_options, score
+        from rdiff.evaluation import evaluate, heldout_pairs, path_name, path_options, score
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
@@ -184,7 +184,8 @@ class Run:
         report["paths"] = {}
         for name, opts in options.items():
             report["paths"][name] = _score_whole(self, real, opts)
-        chosen = cfg.eval.path if cfg.eval.path in report["paths"] else next(iter(report["paths"]))
+        wanted = path_name(cfg.eval.path, cfg.eval.sample_steps)
+        chosen = wanted if wanted in report["paths"] else next(iter(report["paths"]))
         report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
         return report
 
