@@ -275,7 +275,8 @@ class Engine:
                 mean_loss = acc.reduce(loss.detach().float(), "mean").item()
                 record = {"phase": fit.phase, "stage": fit.stage, "step": step, "loss": round(mean_loss, 6),
                           "lr": scheduler.get_last_lr()[0],
-                          "images_per_s": round(seen / max(time.perf_counter() - started, 1e-9), 2),
+                          # three significant digits: a large preset on a CPU takes minutes per image
+                          "images_per_s": float(f"{seen / max(time.perf_counter() - started, 1e-9):.3g}"),
                           **{k: round(float(v), 6) for k, v in logs.items()}}
                 self.log(record)
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
