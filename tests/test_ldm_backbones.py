@@ -444,3 +444,40 @@ def test_saved_networks_load_in_diffusers_and_back(name, tmp_path):
                                       generator=torch.Generator().manual_seed(0))
     assert torch.allclose(sample_with(restored), sample_with(backbone), atol=1e-5)
     assert json.loads((tmp_path / "autoencoder" / "config.json").read_text())["num_vq_embeddings"] == 1024
+
+
+def test_nearest_code_search_matches_diffusers_without_keeping_the_distances():
+    """The VQ autoencoder's quantiser finds codes in chunks outside autograd: the same codes, losses and
+    gradients as diffusers' VectorQuantizer, and no latent-vectors × codes matrix kept for backward (2 GiB
+    per 512-px crop at the paper's 32,768 codes)."""
+    from diffusers.models.autoencoders.vae import VectorQuantizer
+
+    from rdiff_ldm_unet.autoencoder import NearestCodeQuantizer
+
+    torch.manual_seed(0)
+    reference = VectorQuantizer(1000, 3, beta=0.25)
+    chunked = VectorQuantizer(1000, 3, beta=0.25)
+    chunked.load_state_dict(reference.state_dict())
+    chunked.__class__ = NearestCodeQuantizer
+    chunked.chunk = 5000  # 5 latent vectors per chunk: many chunks
+    z_ref = torch.randn(2, 3, 8, 8, requires_grad=True)
+    z_new = z_ref.detach().clone().requires_grad_()
+    saved: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel())
+        return tensor
+
+    q_ref, loss_ref, (_, _, codes_ref) = reference(z_ref)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        q_new, loss_new, (_, _, codes_new) = chunked(z_new)
+    assert torch.equal(codes_ref, codes_new) and torch.equal(q_ref, q_new) and torch.equal(loss_ref, loss_new)
+    (q_ref.sum() + loss_ref).backward()
+    (q_new.sum() + loss_new).backward()
+    assert torch.equal(z_ref.grad, z_new.grad)
+    assert torch.equal(reference.embedding.weight.grad, chunked.embedding.weight.grad)
+    assert max(saved) < 1000 * 128  # nothing of the 128 × 1000 distance matrix
+
+    vq = rdiff.create_backbone("ldm-unet", preset="tiny", autoencoder="vq", image_skip=False, latent_channels=3)
+    assert isinstance(vq.autoencoder.quantize, NearestCodeQuantizer)
+    assert "quantize.embedding.weight" in vq.autoencoder.state_dict()  # saved as diffusers saves it

@@ -86,7 +86,7 @@ class EvalConfig:
     seed: int = 1234  # seed of the held-out crops, their degradations and sampling noise
     sample_steps: list[int] = field(default_factory=lambda: [10])  # DDIM step counts evaluated as 'ddimK'
     eta: float = 1.0  # DDIM eta (1.0 in the paper's code)
-    path: str = "fast"  # the default enhancement path (reported as 'enhanced')
+    path: str = "fast"  # the default enhancement path (reported as 'enhanced'): fast, ddimK, or sample (DDIM at the first of sample_steps)
 
 
 @dataclass

@@ -288,9 +288,8 @@ def adaptation_size(train: Any, images: list[np.ndarray]) -> int:
 
 
 def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[Pair], int]:
-    """The training and validation pairs of phase 2 and the side of their crops
-    (:func:`adaptation_size`): a user's folder (the last fifth validates), or crops of the training images
-    degraded on the fly (seeded)."""
+    """Phase 2's training and validation pairs and their crop side: a user's folder (the last fifth
+    validates), or crops of the training images degraded on the fly (seeded)."""
     cfg, train = config, config.train
     if cfg.pairs:
         all_pairs = load_pair_folder(modality, cfg.pairs, train.resize)

@@ -22,7 +22,7 @@ from rdiff.checkpoints import save_checkpoint, write_json, write_weights
 from rdiff.config import RunConfig
 from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
 from rdiff.errors import TrainingStopped, UserError
-from rdiff.evaluation import evaluate, heldout_pairs, named_paths, sampling_settings, validation_psnr
+from rdiff.evaluation import default_name, evaluate, heldout_pairs, named_paths, sampling_settings, validation_psnr
 from rdiff.plugins import plugins
 from rdiff.registry import create_adaptor, create_components, create_modality
 from rdiff.report import build_report
@@ -133,7 +133,7 @@ class Engine:
         params = list(adaptor.trainable_parameters())
         if train.train_base:
             params += [p for p in self.backbone.finetune_parameters() if all(p is not q for q in params)]
-        val_path = named_paths(self.backbone, sampling_settings(cfg)).get(cfg.eval.path, ("fast", None))
+        val_path = named_paths(self.backbone, sampling_settings(cfg)).get(default_name(self.backbone, cfg), ("fast", None))
         best = BestSoFar()
 
         def weights() -> dict[str, dict[str, torch.Tensor]]:
@@ -259,7 +259,8 @@ class Engine:
                 mean_loss = acc.reduce(loss.detach().float(), "mean").item()
                 record = {"phase": fit.phase, "stage": fit.stage, "step": step, "loss": round(mean_loss, 6),
                           "lr": scheduler.get_last_lr()[0],
-                          "images_per_s": round(seen / max(time.perf_counter() - started, 1e-9), 2),
+                          # three significant digits: a large preset on a CPU takes minutes per image
+                          "images_per_s": float(f"{seen / max(time.perf_counter() - started, 1e-9):.3g}"),
                           **{k: round(float(v), 6) for k, v in logs.items()}}
                 self.log(record)
                 bar.set_postfix(loss=f"{mean_loss:.4f}")

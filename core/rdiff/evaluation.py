@@ -18,6 +18,7 @@ import torch
 
 from rdiff.data import Pair, stack
 from rdiff.modality import Modality
+from rdiff.errors import UserError
 from rdiff.reconstructor import Reconstructor
 
 
@@ -29,6 +30,18 @@ def sampling_settings(config: Any) -> dict[str, Any]:
 def named_paths(backbone: Reconstructor, settings: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     """Report name -> ``(path, options)`` for every name the backbone scores: ``fast``, ``ddim10``, ..."""
     return {name: backbone.resolve_path(name, **settings) for name in backbone.path_names(**settings)}
+
+
+def default_name(backbone: Reconstructor, config: Any) -> str:
+    """The report name of the run's ``eval.path``: itself when the backbone scores it under that name, else
+    the scored name it resolves to (the paper preset's ``sample`` is ``ddim50``), else itself."""
+    settings, own = sampling_settings(config), config.eval.path
+    paths = named_paths(backbone, settings)
+    try:
+        resolved = paths.get(own) or backbone.resolve_path(own, **settings)
+    except UserError:
+        return own
+    return own if own in paths else next((n for n, choice in paths.items() if choice == resolved), own)
 
 
 def heldout_pairs(modality: Modality, config: Any, *, data: str | None = None, split: str = "heldout",
@@ -111,7 +124,8 @@ def evaluate(backbone: Reconstructor, modality: Modality, pairs: list[Pair], *, 
         with backbone.base_only():
             report["reconstruct_only"] = score(modality, pairs, enhancer(backbone, options["fast"], device, seed,
                                                                          autocast), device)
-    chosen = config.eval.path if config.eval.path in report["paths"] else next(iter(report["paths"]))
+    wanted = default_name(backbone, config)
+    chosen = wanted if wanted in report["paths"] else next(iter(report["paths"]))
     report["default_path"] = chosen
     report["enhanced"] = report["paths"][chosen]
     return report

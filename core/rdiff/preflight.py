@@ -114,7 +114,7 @@ def config_problems(config: Any, phases: tuple[str, ...] = ("reconstruct", "adap
 def backbone_problems(config: Any, backbone: Any) -> list[str]:
     """What the built backbone needs of ``config``: a crop size its networks can halve, a step count for
     each of its stages, and a default enhancement path it has."""
-    from rdiff.evaluation import named_paths, sampling_settings
+    from rdiff.evaluation import default_name, named_paths, sampling_settings
 
     train, name = config.train, config.backbone
     out = []
@@ -136,9 +136,9 @@ def backbone_problems(config: Any, backbone: Any) -> list[str]:
             out.append(f"config key 'train.steps.{stage}' is not a stage of backbone '{name}'"
                        f"{did_you_mean(stage, stages)}; stages: {', '.join(stages)}.")
     paths = named_paths(backbone, sampling_settings(config))
-    if config.eval.path not in paths:
+    if default_name(backbone, config) not in paths:
         out.append(f"config key 'eval.path' is '{config.eval.path}', which backbone '{name}' does not offer"
-                   f"{did_you_mean(config.eval.path, paths)}; paths: {', '.join(paths)}.")
+                   f"{did_you_mean(config.eval.path, list(paths))}; paths: {', '.join(paths)}.")
     return out
 
 

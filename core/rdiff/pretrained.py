@@ -133,19 +133,12 @@ def model_hash(model: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def adaptation_keys(backbone: str) -> frozenset[str]:
-    """Model keys that steer phase 2 only (the backbone config's ``ADAPTATION_KEYS``): free to differ from
-    a pretrained phase 1's."""
-    from rdiff.plugins import plugins
-
-    config = plugins().get("backbone", backbone).config
-    return frozenset(getattr(config, "ADAPTATION_KEYS", ()))
-
-
 def check_model(checkpoint: Pretrained, model: dict[str, Any]) -> None:
     """Refuse, in one sentence, a model configuration the checkpoint was not trained with (keys that steer
     phase 2 only may differ)."""
-    free = adaptation_keys(checkpoint.backbone)
+    from rdiff.plugins import plugins  # the backbone config's ADAPTATION_KEYS steer phase 2 only
+
+    free = frozenset(getattr(plugins().get("backbone", checkpoint.backbone).config, "ADAPTATION_KEYS", ()))
     trained = {k: v for k, v in checkpoint.config.get("model", {}).items() if k not in free}
     model = {k: v for k, v in model.items() if k not in free}
     if model_hash(trained) == model_hash(model):

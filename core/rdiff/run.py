@@ -206,7 +206,7 @@ class Run:
                  paths: list[str] | None = None) -> dict[str, Any]:
         """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
         from rdiff.data import load_pair_folder, to_tensor
-        from rdiff.evaluation import evaluate, heldout_pairs, local_metrics, named_paths, score
+        from rdiff.evaluation import default_name, evaluate, heldout_pairs, local_metrics, named_paths, score
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
@@ -224,7 +224,8 @@ class Run:
                 out = self.enhance(pair.lq, roi=pair.roi, path=name)
                 metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
             report["paths"][name] = {k: round(float(v), 4) for k, v in metrics.compute().items()}
-        chosen = cfg.eval.path if cfg.eval.path in report["paths"] else next(iter(report["paths"]))
+        wanted = default_name(self.backbone, cfg)
+        chosen = wanted if wanted in report["paths"] else next(iter(report["paths"]))
         report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
         return report
 

@@ -454,7 +454,7 @@ def _engine_class() -> type:
     from rdiff.engine import Engine  # torch: when the bench runs, not at start-up
     from rdiff.training import BestSoFar, Fit, stable_seed
     from rdiff import evaluation  # validation_psnr through its module, so that tests can replace it
-    from rdiff.evaluation import named_paths, sampling_settings
+    from rdiff.evaluation import default_name, named_paths, sampling_settings
 
     class BenchEngine(Engine):
         """The engine, with the degradation parameters left off its validation crops (validation needs only
@@ -475,7 +475,7 @@ def _engine_class() -> type:
             cfg, train = self.config, self.config.train
             started = time.perf_counter()
             train_pairs, val_pairs, size = self.pairs()  # the pairs adapt() gets with the same seed
-            val_path = named_paths(self.backbone, sampling_settings(cfg)).get(cfg.eval.path, ("fast", None))
+            val_path = named_paths(self.backbone, sampling_settings(cfg)).get(default_name(self.backbone, cfg), ("fast", None))
             best = BestSoFar()
 
             def validate(step: int) -> dict[str, float]:

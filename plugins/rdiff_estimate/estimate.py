@@ -13,8 +13,11 @@ The question it answers: "will the paper preset fit my 24 GB card at batch 8?".
   its storage), parameters excepted. That is the memory a training step holds at its peak; it is
   scaled linearly to the per-device batch. Under bf16/fp16 the saved tensors are counted at half size
   (autocast computes convolutions and matrix products, which produce almost all of them, in 16 bits).
+  With gradient checkpointing the kept tensors are each checkpointed segment's inputs plus the largest
+  segment's own saved tensors, which the backward pass recomputes one segment at a time.
 - FLOPs are counted on the same forward pass (``torch.utils.flop_counter``) and a step is taken as three
-  forward passes (the backward pass costs about twice the forward), per sample, times the batch.
+  forward passes (the backward pass costs about twice the forward; four with gradient checkpointing,
+  which runs the forward again), per sample, times the batch.
 
 Not included: the CUDA context and the caching allocator's slack (about 0.5-1.5 GiB on a GPU), and on a
 CPU the process itself (about 1 GiB of libraries).
@@ -127,7 +130,7 @@ def estimate(config: RunConfig, phases: tuple[str, ...] = ("reconstruct", "adapt
             weights=4 * total, gradients=4 * trainable, optimizer=8 * trainable,
             ema=4 * trainable if train.ema_decay > 0 else 0, autocast_copies=2 * total if half else 0,
             activations=per_sample * batch, activations_per_sample=per_sample,
-            flops=3 * flops * batch * train.grad_accum))
+            flops=(4 if train.gradient_checkpointing else 3) * flops * batch * train.grad_accum))
     return result
 
 
@@ -169,19 +172,63 @@ def measure_activations(config: RunConfig, channels: int, stages: list[str]) -> 
             p.requires_grad_(id(p) in ids)
         kept = {p.untyped_storage().data_ptr() for m in modules for p in [*m.parameters(), *m.buffers()]}
         saved: dict[int, int] = {}
+        segments: list[int] = []
 
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
+        def note(tensor: torch.Tensor) -> None:
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in kept and tensor.device.type != "meta":
                 saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
 
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            note(tensor)
+            # a detached alias, not the tensor: a saved output would otherwise hold its own graph node, a
+            # cycle autograd never frees, and every stage's activations stayed allocated to the end (the
+            # paper preset's --dry-run passed 22 GB)
+            return tensor.detach()
+
+        if train.gradient_checkpointing:
+            _count_segments(backbone, kept, note, segments)
         counter = FlopCounterMode(display=False)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), counter:
             result = run()
         del result
-        out[stage] = (sum(saved.values()), float(counter.get_total_flops()))
+        out[stage] = (sum(saved.values()) + max(segments, default=0), float(counter.get_total_flops()))
     return out
+
+
+def _count_segments(backbone: nn.Module, kept: set[int], note: Any, segments: list[int]) -> None:
+    """Under gradient checkpointing a segment (what each network hands to its checkpoint function) keeps
+    only its inputs; what it computes inside exists while the backward pass recomputes it, one segment at
+    a time. Each segment runs here unchecked with its saved tensors counted (in ``segments``) and
+    released at once, so the peak is the kept tensors plus the largest segment."""
+    import weakref
+
+    def segment(module: Any, *args: Any) -> Any:
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                note(arg)  # the checkpoint keeps its inputs
+        live: dict[int, Any] = {}
+        total = 0
+
+        def pack(tensor: torch.Tensor) -> None:
+            nonlocal total
+            pointer = tensor.untyped_storage().data_ptr()
+            if pointer in kept or tensor.device.type == "meta":
+                return None
+            owner = live.get(pointer)
+            if owner is None or owner() is None:  # a storage not seen, or a freed one's address reused
+                live[pointer] = weakref.ref(tensor)
+                total += tensor.untyped_storage().nbytes()
+            return None  # nothing kept: the measurement runs no backward pass
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            result = module(*args)
+        segments.append(total)
+        return result
+
+    for module in backbone.modules():
+        if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
+            module._gradient_checkpointing_func = segment
 
 
 # --- printing --------------------------------------------------------------------------------------------

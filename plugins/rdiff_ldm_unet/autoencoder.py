@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, VQModel
+from diffusers.models.autoencoders.vae import VectorQuantizer
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 from torch.func import functional_call
@@ -53,6 +54,8 @@ def build_autoencoder(config: LatentConfig, channels: int) -> VQModel | Autoenco
                         f"not {config.latent_channels}.")
     autoencoder = (VQModel(num_vq_embeddings=config.codebook_size, **shared) if config.autoencoder == "vq"
                    else AutoencoderKL(**shared))
+    if isinstance(autoencoder, VQModel):
+        autoencoder.quantize.__class__ = NearestCodeQuantizer  # same weights and state-dict keys
     if config.norm == "channel":
         replace_group_norms(autoencoder)
     if config.image_skip:
@@ -169,6 +172,42 @@ def encoder_lora_targets(autoencoder: nn.Module) -> list[str]:
 
 
 # --- codebook ----------------------------------------------------------------------------------------------
+
+
+class NearestCodeQuantizer(VectorQuantizer):
+    """diffusers' ``VectorQuantizer`` whose nearest-code search runs without autograd, in float32 and in
+    chunks of latent vectors; the quantised latents, losses and gradients are the same.
+
+    diffusers computes the whole distance matrix (latent vectors × codes) inside the autograd graph, and
+    since the codebook trains, autograd keeps it for a backward pass that never uses it (``argmin`` has no
+    gradient). At the paper's size — a 512-px crop has 16,384 latent vectors, the codebook 32,768 codes —
+    that is 2 GiB kept per crop in training, and as much again while it is computed, in training and
+    enhancement alike. Here at most :attr:`chunk` distances exist at a time.
+    """
+
+    chunk = 2 ** 24  # distances computed at once: 64 MiB in float32
+
+    @torch.no_grad()
+    def nearest(self, vectors: torch.Tensor) -> torch.Tensor:
+        codes = self.embedding.weight.float()
+        rows = max(1, self.chunk // codes.shape[0])
+        return torch.cat([torch.cdist(part.float(), codes).argmin(dim=1) for part in vectors.split(rows)])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        # as VectorQuantizer.forward (diffusers 0.3x-0.4x), with the search above
+        z = z.permute(0, 2, 3, 1).contiguous()
+        indices = self.nearest(z.view(-1, self.vq_embed_dim))
+        z_q = self.embedding(indices).view(z.shape)
+        if not self.legacy:
+            loss = self.beta * torch.mean((z_q.detach() - z) ** 2) + torch.mean((z_q - z.detach()) ** 2)
+        else:
+            loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
+        z_q = (z + (z_q - z).detach()).permute(0, 3, 1, 2).contiguous()  # straight-through gradients
+        if self.remap is not None:
+            indices = self.remap_to_used(indices.reshape(z.shape[0], -1)).reshape(-1, 1)
+        if self.sane_index_shape:
+            indices = indices.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
+        return z_q, loss, (None, None, indices)
 
 
 @torch.no_grad()
