@@ -5,8 +5,8 @@ are what separates most degraded photographs from their clean versions in PSNR. 
 an encoder sees a few pixels; this one sees the image at a quarter of its size with a receptive field of
 about 130 px, and predicts at every point a gain and an offset for each channel, upsampled bilinearly and
 applied pixel by pixel. Each channel stays a function of itself: a full colour matrix mixes the red
-channel, which shows vessels faintly, into the green one, which shows them best, and on IDRiD that
-halved the vessel Dice of its output (0.46 → 0.25) for no more PSNR. It is zero-initialised (the identity)
+channel, which shows vessels faintly, into the green one, which shows them best: on held-out IDRiD
+photographs the matrix scored 22.54 dB / vessel Dice 0.211 against 22.85 dB / 0.232 per channel. It is zero-initialised (the identity)
 and residual, like the other adaptor layers.
 
 The statistics come from pixels brighter than the background only (a fundus photograph's black corners,
