@@ -1,11 +1,12 @@
 """The presets researchers use on GPUs (base, paper) run for real on the CPU: one optimiser step of every
-phase-1 stage, one adaptation step, evaluation of one crop at the preset's own crop size (batch 1,
-float32), then one enhanced tile on the fast and the sampling paths. Slow: minutes per preset on a
-2-core CPU; `pytest -m slow` runs them (CI does).
+phase-1 stage, one adaptation step, evaluation of one crop at the preset's own crop size (batch 1),
+then one enhanced tile on the fast and the sampling paths (2 DDIM steps). Slow: 2-15 minutes per preset
+on one core; `pytest -m slow` runs them, and so does CI (`.ci/run`). `-k "not large_preset"` leaves them out.
 
-Set RDIFF_LARGE_PRESETS_LOG=FILE to append one JSON line per preset (seconds per step, peak memory): the
-numbers of docs/benchmarks.md. RDIFF_TEST_BF16=1 also runs each preset with train.mixed_precision=bf16
-(10-17× slower than float32 on a CPU without native bf16 arithmetic, so off by default).
+float32 for every preset; bf16 (train.mixed_precision=bf16, enhancement in bfloat16) for cnn-ae base on a
+CPU with native bf16 arithmetic (AVX512-BF16/AMX: faster than float32 there; emulated, 10-17× slower, so
+skipped). RDIFF_TEST_BF16=1 runs every preset in bf16 too. Set RDIFF_LARGE_PRESETS_LOG=FILE to append
+one JSON line per run (seconds per step, peak memory): the numbers of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,15 +22,32 @@ import numpy as np
 import pytest
 
 LARGE = [("cnn-ae", "base", 256), ("dit", "base", 256), ("ldm-unet", "base", 256), ("ldm-unet", "paper", 512)]
+STAGES = {"cnn-ae": ("autoencoder",), "dit": ("autoencoder", "denoiser"), "ldm-unet": ("autoencoder", "denoiser")}
 
-# one step of everything, one crop, batch 1: the overrides docs/benchmarks.md shows
-ONE_STEP = ["train.steps.autoencoder=1", "train.steps.denoiser=1", "train.adapt_steps=1", "train.batch_size=1",
-            "train.adapt_batch_size=1", "train.pairs=1", "train.val_pairs=1", "eval.crops=1",
+
+def one_step(backbone: str) -> list[str]:
+    """One step of everything, one crop, batch 1: the overrides docs/benchmarks.md shows."""
+    return [*(f"train.steps.{stage}=1" for stage in STAGES[backbone]), "train.adapt_steps=1",
+            "train.batch_size=1", "train.adapt_batch_size=1", "train.pairs=1", "train.val_pairs=1", "eval.crops=1",
             "eval.sample_steps=[2]"]
 
-# runs `rdiff ARGS` and reports the process's own peak resident memory on stderr
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# runs `rdiff ARGS` and reports the process's own peak resident memory on stderr: VmHWM (ru_maxrss would
+# start at the size of the pytest process it was started from, which Linux carries across exec)
 _PEAK = ("import resource, sys\nfrom rdiff.cli import main\ncode = main(sys.argv[1:])\n"
-         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)")
+         "try:\n    peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+         "except (OSError, StopIteration):\n    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+         "print('PEAK_KIB', peak, file=sys.stderr)\nsys.exit(code)")
 
 
 def rdiff(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float, float]:
@@ -74,32 +92,72 @@ def test_a_preset_too_large_for_the_embedded_sample_stops_before_training(tmp_pa
     assert time.perf_counter() - started < 60
 
 
-def _enhance_one_tile(run: Path, tmp_path: Path, size: int, cwd: Path, sampling: bool) -> dict[str, float]:
+def test_every_preset_passes_the_checks_made_before_training():
+    """What the engine checks once the backbone is built (crop multiple, stages, evaluation path), for every
+    preset of every built-in backbone, on the meta device: the paper preset's `eval.path: sample` was
+    refused here, so it never started."""
+    import torch
+
+    from rdiff.plugins import plugins
+    from rdiff.preflight import backbone_problems
+    from rdiff.registry import create_backbone, resolve_config
+
+    checked = []
+    for backbone in STAGES:
+        for preset in plugins().presets(plugins().get("backbone", backbone)):
+            config = resolve_config([{"backbone": backbone, "preset": preset}])
+            with torch.device("meta"):
+                model = create_backbone(backbone, preset=None, channels=3, **config.model)
+            assert backbone_problems(config, model) == [], (backbone, preset)
+            checked.append(f"{backbone} {preset}")
+    assert {"ldm-unet paper", "ldm-unet base", "dit base", "cnn-ae base"} <= set(checked)
+
+
+def test_the_sample_path_is_scored_at_the_first_sample_steps():
+    """`eval.path: sample` (the paper preset's) names the sampling path at the first of eval.sample_steps,
+    as `rdiff enhance --path sample` takes by default: the report's 'enhanced' is that path."""
+    import torch
+
+    import rdiff
+    from rdiff.evaluation import default_name, evaluate, heldout_pairs
+    from rdiff.registry import resolve_config
+
+    config = resolve_config([{"backbone": "ldm-unet", "preset": "tiny",
+                              "eval": {"crops": 1, "path": "sample", "sample_steps": [2]}}])
+    modality = rdiff.create_modality("fundus")
+    backbone = rdiff.create_backbone("ldm-unet", preset="tiny")
+    assert default_name(backbone, config) == "ddim2"
+    report = evaluate(backbone, modality, heldout_pairs(modality, config), config=config, device=torch.device("cpu"))
+    assert report["default_path"] == "ddim2" and report["enhanced"] == report["paths"]["ddim2"]
+
+
+def _enhance_one_tile(run: Path, tmp_path: Path, size: int, cwd: Path, sampling: bool,
+                      dtype: str = "float32") -> dict[str, dict[str, float]]:
     """One tile of the preset's crop size through the fast and (for diffusion backbones) the sampling path
-    (2 DDIM steps)."""
+    (2 DDIM steps: the paper's 50 would take about 25 times the 2-step UNet time)."""
     from PIL import Image
     from skimage import data
     from skimage.transform import resize
 
     photo = (resize(data.retina(), (size, size), anti_aliasing=True) * 255).astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "tile.png")
-    seconds = {}
+    seconds, peaks = {}, {}
     for path, extra in (("fast", []), ("sample", ["--steps", "2"]))[:2 if sampling else 1]:
         out = tmp_path / f"enhanced-{path}"
-        done, elapsed, _ = rdiff("enhance", "--run", str(run), str(tmp_path / "tile.png"), "--out", str(out),
-                                 "--path", path, "--tile", str(size), *extra, cwd=cwd)
+        done, elapsed, peak = rdiff("enhance", "--run", str(run), str(tmp_path / "tile.png"), "--out", str(out),
+                                 "--path", path, "--tile", str(size), "--dtype", dtype, *extra, cwd=cwd)
         assert done.returncode == 0, done.stderr[-3000:]
         written = sorted(out.glob("tile*.png"))
         assert written, f"no enhanced file in {out}"
         enhanced = np.asarray(Image.open(written[0]))
         assert enhanced.shape == photo.shape
         assert np.isfinite(enhanced).all() and enhanced.std() > 0  # a picture, not a constant
-        seconds[path] = round(elapsed, 1)
-    return seconds
+        seconds[path], peaks[path] = round(elapsed, 1), round(peak)
+    return {"s": seconds, "peak_mib": peaks}
 
 
 def _check_and_log(backbone: str, preset: str, size: int, precision: str, run: Path, done, elapsed: float,
-                   peak_mib: float, enhance_s: dict[str, float]) -> None:
+                   peak_mib: float, enhanced: dict[str, dict[str, float]]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert report["preset"] == preset and report["eval"]["crops"] == 1
@@ -110,10 +168,8 @@ def _check_and_log(backbone: str, preset: str, size: int, precision: str, run: P
     train = load_yaml(run / "config.yaml")["train"]
     assert train["image_size"] == size and train["mixed_precision"] == precision  # the preset's own crops
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = {f"{r['phase']}:{r['stage']}": round(1 / r["images_per_s"], 1) if r["images_per_s"] else None
-             for r in records if "images_per_s" in r}
-    expected = {"adapt:adapt"} | {f"reconstruct:{s}" for s in
-                                  (("autoencoder",) if backbone == "cnn-ae" else ("autoencoder", "denoiser"))}
+    steps = {f"{r['phase']}:{r['stage']}": round(1 / r["images_per_s"], 1) for r in records if "images_per_s" in r}
+    expected = {"adapt:adapt"} | {f"reconstruct:{s}" for s in STAGES[backbone]}
     assert set(steps) == expected, steps  # one optimiser step of every stage
     log = os.environ.get("RDIFF_LARGE_PRESETS_LOG")
     if log:
@@ -121,23 +177,32 @@ def _check_and_log(backbone: str, preset: str, size: int, precision: str, run: P
             f.write(json.dumps({"backbone": backbone, "preset": preset, "precision": precision,
                                 "params": report["params"]["total"], "s_per_step": steps,
                                 "time_s": report["time_s"], "wall_s": round(elapsed, 1),
-                                "peak_mib": round(peak_mib), "enhance_tile_s": enhance_s}) + "\n")
+                                "peak_mib": round(peak_mib), "enhance_tile_s": enhanced.get("s"),
+                                "enhance_peak_mib": enhanced.get("peak_mib")}) + "\n")
+
+
+def _bf16(backbone: str, preset: str) -> list:
+    marks = [pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 arithmetic "
+                                                          "(emulated, bf16 autocast was 10-17x slower than float32)")]
+    if (backbone, preset) != ("cnn-ae", "base"):
+        marks.append(pytest.mark.skipif(os.environ.get("RDIFF_TEST_BF16") != "1",
+                                        reason="bf16 runs for cnn-ae base; RDIFF_TEST_BF16=1 runs every preset"))
+    return marks
+
+
+CASES = [pytest.param(b, p, size, precision, id=f"{b}-{p}-{'fp32' if precision == 'no' else precision}",
+                      marks=_bf16(b, p) if precision == "bf16" else [])
+         for precision in ("no", "bf16") for b, p, size in LARGE]
 
 
 @pytest.mark.slow
-# A step of the paper preset takes tens of minutes of a 2-core CPU (one never finished within 48 minutes on
-# a loaded machine): these run on request, not in every CI run.
-@pytest.mark.skipif(not os.environ.get("RDIFF_TEST_LARGE_PRESETS"),
-                    reason="set RDIFF_TEST_LARGE_PRESETS=1 to train the base and paper presets on this CPU")
-@pytest.mark.parametrize("precision", ["no", pytest.param("bf16", marks=pytest.mark.skipif(
-    os.environ.get("RDIFF_TEST_BF16") != "1", reason="bf16 autocast is 10-17x slower on this CPU; "
-                                                     "RDIFF_TEST_BF16=1 runs it"))])
-@pytest.mark.parametrize("backbone, preset, size", LARGE, ids=[f"{b}-{p}" for b, p, _ in LARGE])
+@pytest.mark.parametrize("backbone, preset, size, precision", CASES)
 def test_large_preset_trains_evaluates_and_enhances_on_cpu(backbone, preset, size, precision, fundus_folder, tmp_path):
     run = tmp_path / "run"
-    sets = [f"--set={s}" for s in [*ONE_STEP, f"train.mixed_precision={precision}"]]
+    sets = [f"--set={s}" for s in [*one_step(backbone), f"train.mixed_precision={precision}"]]
     done, elapsed, peak = rdiff("train", "--backbone", backbone, "--modality", "fundus", "--preset", preset,
                                 "--data", str(fundus_folder), "--out", str(run), *sets, cwd=tmp_path)
     sampling = backbone != "cnn-ae"  # the one backbone without a diffusion model: no 'sample' path
-    enhance_s = _enhance_one_tile(run, tmp_path, size, tmp_path, sampling) if done.returncode == 0 else {}
-    _check_and_log(backbone, preset, size, precision, run, done, elapsed, peak, enhance_s)
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    enhanced = _enhance_one_tile(run, tmp_path, size, tmp_path, sampling, dtype) if done.returncode == 0 else {}
+    _check_and_log(backbone, preset, size, precision, run, done, elapsed, peak, enhanced)

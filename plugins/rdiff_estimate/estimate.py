@@ -289,9 +289,7 @@ def measure_step_peak(config: RunConfig, stage: str, steps: int = 2) -> dict[str
     """Run ``steps`` real training steps of ``stage`` on the CPU in this process (as the engine does:
     AdamW, gradient clipping, EMA when configured, float32) and return the peak resident memory above what
     the process held before building the model, in bytes, with the seconds per step. Run it in a fresh
-    process (``python -m rdiff_estimate.estimate``): the peak is the process's lifetime maximum."""
-    import resource
-
+    process (``python -m rdiff_estimate.estimate``): freed memory the allocator keeps would count otherwise."""
     import psutil
 
     from rdiff.registry import create_adaptor, create_backbone, create_modality
@@ -339,22 +337,52 @@ def measure_step_peak(config: RunConfig, stage: str, steps: int = 2) -> dict[str
         if ema is not None:
             ema.step(params)
 
-    # A first step on the smallest crop the backbone takes pages in the libraries' code and kernel caches
-    # (about 0.35 GiB of resident memory on this CPU, whatever the model): process overhead, not the run's.
-    # It is subtracted; the model's weights and this step's optimizer state are counted back in.
-    step_once(1, int(getattr(backbone, "size_multiple", 8) or 8), 10_000)
+    # A first step on a small crop the backbone takes (at least 32 px: SSIM's window is 11) pages in the
+    # libraries' code and kernel caches (about 0.35 GiB of resident memory on this CPU, whatever the model):
+    # process overhead, not the run's. It is subtracted; the model's weights and this step's optimizer
+    # state are counted back in.
+    multiple = int(getattr(backbone, "size_multiple", 8) or 8)
+    step_once(1, multiple * -(-32 // multiple), 10_000)
     optimizer.state.clear()
     model_bytes = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
     if ema is not None:
         model_bytes += sum(t.numel() * t.element_size() for t in ema.shadow_params)
     before = psutil.Process().memory_info().rss - model_bytes
+    lifetime = not _reset_peak()
     times = []
     for step in range(steps):
         started = time.perf_counter()
         step_once(batch, size, step)
         times.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"peak_bytes": float(peak - before), "seconds_per_step": min(times)}
+    return {"peak_bytes": float(_peak_rss(lifetime) - before), "seconds_per_step": min(times)}
+
+
+def _reset_peak() -> bool:
+    """Start the resident-memory high-water mark afresh (Linux). The process's lifetime maximum would also
+    hold what building the model briefly took, and, in a process started from a larger one, the parent's
+    size: Linux carries the pre-exec memory's high-water mark into ``ru_maxrss`` (a measurement started
+    from a pytest or --dry-run process of 2.6 GiB measured at least that)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss(lifetime: bool) -> int:
+    """Peak resident memory in bytes since :func:`_reset_peak`, or over the process's life."""
+    if not lifetime:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def measured_peak(config_layers: list[dict[str, Any]], stage: str, steps: int = 2) -> dict[str, float]:
