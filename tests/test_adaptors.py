@@ -332,3 +332,52 @@ def test_the_image_field_learns_uneven_illumination_from_a_few_crops():
         with adaptor.disabled():
             base = backbone.enhance(test_lq, path="fast")
     assert psnr(adapted, test_hq, test_roi) > psnr(base, test_hq, test_roi) + 3
+
+
+def test_whole_image_adaptation_puts_each_photograph_on_one_canvas():
+    """`train.adapt_image_size` of at least every image's longest side trains phase 2 on whole images (the
+    colour field then sees the same whole-image statistics it sees when enhancing): each on a square black
+    canvas, its roi zero outside the photograph."""
+    import numpy as np
+
+    from rdiff.data import Item, adaptation_size, degraded_crops
+
+    modality = rdiff.create_modality("fundus")
+    rng = np.random.default_rng(0)
+    shapes = [(170, 256), (200, 240)]
+    items = []
+    for h, w in shapes:
+        image = rng.uniform(0.2, 0.8, (h, w, 3)).astype(np.float32)
+        items.append(Item(image, np.ones((h, w), bool), f"{h}x{w}"))
+    train = rdiff.TrainConfig(image_size=64, adapt_image_size=256)
+    assert adaptation_size(train, [item.image for item in items]) == 256
+    assert adaptation_size(rdiff.TrainConfig(image_size=64, adapt_image_size=128), [i.image for i in items]) == 128
+    pairs = degraded_crops(modality, items, 256, 6, seed=1)
+    for pair in pairs:
+        h, w = next(s for s in shapes if pair.source == f"{s[0]}x{s[1]}")
+        assert pair.lq.shape == pair.hq.shape == (256, 256, 3) and pair.roi.shape == (256, 256)
+        assert pair.roi[:h, :w].all() and not pair.roi[h:].any() and not pair.roi[:, w:].any()
+        assert (pair.hq[h:] == 0).all() and (pair.lq[:, w:] == 0).all()
+        source = next(item for item in items if item.source == pair.source)
+        assert np.array_equal(pair.hq[:h, :w], source.image)
+
+
+def test_the_colour_fields_whole_image_statistics_ignore_the_black_background():
+    """The field's global part reads the photograph's distribution inside its field of view: the same image
+    on a larger black canvas (or with wider black corners) gets the same numbers."""
+    import torch.nn.functional as F
+
+    from rdiff_adaptors.colour_field import FACTOR, whole_statistics
+
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 96, 128) * 0.8 + 0.1
+    canvas = F.pad(image, (0, 64, 0, 96))
+
+    def statistics(x):
+        mask = (x.amax(dim=1, keepdim=True) > 0.02).float()
+        coverage = F.avg_pool2d(mask, FACTOR)
+        means = F.avg_pool2d(x * mask, FACTOR) / coverage.clamp_min(1e-3)
+        return whole_statistics(means, coverage)
+
+    assert torch.allclose(statistics(image), statistics(canvas), atol=1e-6)
+    assert not torch.allclose(statistics(image), statistics(image * 0.7), atol=1e-3)  # yet it sees the image

@@ -200,6 +200,16 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
     assert "--backbones" in capsys.readouterr().err
 
 
+def test_a_misspelt_set_key_stops_the_bench_before_it_scores_or_trains(tmp_path, capsys):
+    many = tmp_path / "many"
+    _photos(many, 6)
+    out = tmp_path / "out"
+    assert main(["bench", "--data", str(many), "--modality", "photo", "--backbones", "cnn-ae",
+                 "--set", "train.sed=0", "--out", str(out)]) == 2
+    assert "unknown config key 'train.sed'" in capsys.readouterr().err
+    assert not out.exists()  # nothing split, scored or trained
+
+
 def test_a_test_folder_of_trained_subjects_is_refused(tmp_path, capsys):
     data = tmp_path / "data"
     files = _photos(data, 10)

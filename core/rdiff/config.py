@@ -58,7 +58,7 @@ class TrainConfig:
     adapt_steps: int = 150  # phase-2 updates
     adapt_lr: float = 1e-4  # phase-2 learning rate (1e-3 cost ~1.3 dB at tiny scale)
     adapt_batch_size: int = 4  # phase-2 batch per process
-    adapt_image_size: int | None = None  # side of phase-2 crops (None: image_size); larger crops let an adaptor learn illumination from more of the image, capped by the smallest image
+    adapt_image_size: int | None = None  # side of phase-2 crops (None: image_size); larger crops let an adaptor learn illumination from more of the image, capped by the smallest image; at least the longest side (e.g. train.resize): whole images
     pairs: int = 20  # pairs made on the fly by the modality's degradation when no --pairs folder is given
     val_pairs: int = 8  # pairs held back to keep the best adaptation checkpoint (early stopping)
     val_every: int = 25  # phase-2 validation interval, in steps

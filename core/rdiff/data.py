@@ -250,6 +250,11 @@ def degraded_crops(modality: Modality, items: list[Item], size: int, count: int,
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         item = _pick(rng, items)
+        if size > min(item.image.shape[:2]):  # the whole image, on a canvas
+            degraded, params = modality.degrade(item.image, item.roi, rng)
+            pairs.append(Pair(on_canvas(degraded.astype(np.float32), size), on_canvas(item.image, size),
+                              on_canvas(item.roi, size), params, item.source))
+            continue
         y, x = random_crop(rng, item.image, item.roi, size)
         degraded, params = modality.degrade(item.image, item.roi, rng)
         s = (slice(y, y + size), slice(x, x + size))
@@ -278,13 +283,25 @@ def stack(pairs: list[Pair]) -> dict[str, torch.Tensor]:
 
 
 def adaptation_size(train: Any, images: list[np.ndarray]) -> int:
-    """The side of phase-2 crops: ``train.adapt_image_size`` (default: the phase-1 crop), no larger than the
-    smallest image's short side (rounded down to a multiple of 16) and never below the phase-1 crop."""
+    """The side of phase-2 crops: ``train.adapt_image_size`` (default: the phase-1 crop), never below the
+    phase-1 crop. At least the longest side of every image means whole images, each on a square black
+    canvas of that side (:func:`on_canvas`); otherwise no larger than the smallest image's short side
+    (both rounded to a multiple of 16)."""
     wanted = train.adapt_image_size or train.image_size
     if wanted <= train.image_size:
         return wanted
+    longest = max(max(image.shape[:2]) for image in images)
+    if wanted >= longest:
+        return -(-longest // 16) * 16
     fits = min(min(image.shape[:2]) for image in images) // 16 * 16
     return max(train.image_size, min(wanted, fits))
+
+
+def on_canvas(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` (an image or its roi) at the top left of a ``size``-px square of zeros: background, which
+    the roi leaves out of every loss, so a whole image of any shape batches with the others."""
+    pad = [(0, size - array.shape[0]), (0, size - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad) if pad[0][1] or pad[1][1] else array
 
 
 def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[Pair], int]:
@@ -297,6 +314,9 @@ def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[
             raise UserError(f"pairs folder '{cfg.pairs}' holds {len(all_pairs)} pair; at least 2 are needed "
                             f"(one to train, one to validate).")
         size = adaptation_size(train, [p.hq for p in all_pairs])
+        if size > min(min(p.hq.shape[:2]) for p in all_pairs):  # whole images
+            all_pairs = [Pair(on_canvas(p.lq, size), on_canvas(p.hq, size), on_canvas(p.roi, size), p.params,
+                              p.source) for p in all_pairs]
         n_val = min(max(1, len(all_pairs) // 5), len(all_pairs) - 1)
         val = fixed_crops(all_pairs[-n_val:], size, max(train.val_pairs, n_val), cfg.seed + 1)
         return all_pairs[:-n_val], val, size

@@ -367,6 +367,8 @@ class RealBench:
 
         started = time.perf_counter()
         s, modality = self.s, self.modality
+        for backbone in s.backbones:  # a misspelt --set key stops here, before any scoring or training
+            self.config(backbone)
         split = split_folder(modality, s.data)
         root = Path(s.data)
         self.out.mkdir(parents=True, exist_ok=True)

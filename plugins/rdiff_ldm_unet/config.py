@@ -51,7 +51,7 @@ class LatentConfig:
     # --- phase-2 loss ---
     encoder_loss_weight: float = 1.0  # |E(hq) - E'(lq)| + |E(hq) - E'(hq)| on latents
     diffusion_loss_weight: float = 1.0  # adapted denoiser's diffusion loss, condition E'(lq), target E(hq)
-    image_loss_weight: float = 1.0  # with image_skip: L1 inside the roi between the corrected lq (and hq) and hq, for an adaptor on the input image
+    image_loss_weight: float = 10.0  # with image_skip: squared error inside the roi between the corrected lq (and hq) and hq, for an adaptor on the input image
     adapt_crop: int = 0  # phase 2: the encoder and denoiser adaptors learn on a random crop of this side cut from each (larger) adaptation crop, which the input-image adaptor sees whole; 0: the whole crop
 
 
