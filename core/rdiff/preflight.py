@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rdiff import images
-from rdiff.errors import UserError, did_you_mean
+from rdiff.errors import UserError, describe_os_error, did_you_mean
 
 # the smallest value each count or interval may take (a step count of 0 trains nothing and reports
 # "validation PSNR -inf dB"; an interval of 0 divides by zero in the training loop)
@@ -298,8 +298,6 @@ def _existing_ancestor(path: Path) -> Path:
 
 def output_problems(run_dir: Path) -> list[str]:
     """The run directory can be created and written to (tested with a temporary file, removed at once)."""
-    from rdiff.failures import describe_os_error
-
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         return [f"run directory '{run_dir}' is a file, not a folder; choose another --out."]
