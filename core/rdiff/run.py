@@ -8,7 +8,7 @@ Layout (see docs/concepts.md)::
     RUN/adapt/                 phase 2: adaptor.safetensors, adaptor.json, checkpoint/
     RUN/metrics.jsonl          one line per logged step
     RUN/report.json            held-out evaluation, parameter counts, times
-    RUN/manifest.json          size and SHA-256 of every final weight file (rdiff.manifest)
+    RUN/manifest.json          size and SHA-256 of every final weight file (rdiff.checkpoints)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rdiff.checkpoints import write_bytes, write_json
+from rdiff.checkpoints import recorded_weights, verify_weights, write_bytes, write_json
 from rdiff.config import RunConfig, build, load_yaml, to_dict
 from rdiff.errors import UserError
 from rdiff.evaluation import sampling_settings
@@ -91,6 +91,33 @@ def discard_untrained(run_dir: str | Path) -> bool:
     return True
 
 
+def expects_adaptor(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` finished phase 2: its manifest lists the adaptor, or phase 2's own record
+    (``adapt/adaptor.json``) or report says so. Used to refuse enhancing an adapted run without its adaptor."""
+    run_dir = Path(run_dir)
+    if "adapt/adaptor.safetensors" in recorded_weights(run_dir) or (run_dir / "adapt" / "adaptor.json").is_file():
+        return True
+    report = run_dir / "report.json"
+    if report.is_file():
+        try:
+            return bool(json.loads(report.read_text(encoding="utf-8")).get("adapt"))
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
+def load_phase1(backbone: Any, config: RunConfig, run_dir: str | Path, hint: str = "") -> None:
+    """Load a run's phase 1 (its own, or the run it adapts) into ``backbone``: refused, in one sentence, when
+    a stage has not finished or a weight file is missing or damaged."""
+    phase1 = reconstruct_dir(config, run_dir)
+    done = stages_done(phase1)
+    if list(done) != list(backbone.stages):
+        raise UserError(f"run '{phase1.parent}' has not finished phase 1 (stages done: {', '.join(done) or 'none'})"
+                        f"{hint}.")
+    verify_weights(phase1.parent, "reconstruct")
+    _load(backbone, phase1, config.backbone)
+
+
 def truncate_log(run_dir: Path, phase: str, stage: str, step: int) -> None:
     """Drop metrics.jsonl lines written after the checkpoint we resume from (they will be written again)."""
     log = Path(run_dir) / "metrics.jsonl"
@@ -143,22 +170,15 @@ class Run:
     def load(cls, path: str | Path, *, reconstruct_only: bool = False) -> Run:
         """Load a run directory. An adapted run loads with its adaptor, and refuses (naming the file) when
         the adaptor is missing or damaged; ``reconstruct_only=True`` asks for the phase-1 model alone."""
-        from rdiff import manifest
-
         directory = Path(path)
         config_file = directory / "config.yaml"
         if not config_file.is_file():
             raise UserError(f"'{directory}' is not an rdiff run directory (it has no config.yaml).")
         config = build(RunConfig, load_yaml(config_file))
         modality, backbone = create_components(config)
-        phase1 = reconstruct_dir(config, directory)
-        done = stages_done(phase1)
-        if list(done) != list(backbone.stages):
-            raise UserError(f"run '{phase1.parent}' has not finished phase 1 (stages done: {', '.join(done) or 'none'}).")
-        manifest.verify(phase1.parent, "reconstruct")
-        _load(backbone, phase1, config.backbone)
+        load_phase1(backbone, config, directory)
         adaptor_file = directory / "adapt" / "adaptor.safetensors"
-        adapted = not reconstruct_only and (adaptor_file.is_file() or manifest.expects_adaptor(directory))
+        adapted = not reconstruct_only and (adaptor_file.is_file() or expects_adaptor(directory))
         if adapted:
             from safetensors.torch import load_file
 
@@ -166,7 +186,7 @@ class Run:
                 raise UserError(f"adaptor file '{adaptor_file}' is missing, so run '{directory}' cannot enhance "
                                 f"as adapted; restore it, re-adapt with `rdiff adapt --from {directory}`, or pass "
                                 f"--reconstruct-only to use the phase-1 model alone.")
-            manifest.verify(directory, "adapt", hint="; pass --reconstruct-only to use the phase-1 model alone")
+            verify_weights(directory, "adapt", hint="; pass --reconstruct-only to use the phase-1 model alone")
             adaptor = create_adaptor(config.adaptor, backbone, **config.adaptor_options)
             try:
                 weights = load_file(adaptor_file)
