@@ -35,7 +35,7 @@ class AdaptationTarget:
     channels: int
     layout: Literal["BCHW", "BLC"] = "BCHW"  # image-shaped features or token sequences
     # the normalisation an adaptor layer here should use to be as tile-invariant as the block it joins:
-    # "channel" (rdiff.layers.ChannelNorm, no spatial statistics) where the backbone has no GroupNorm;
+    # "channel" (rdiff_layers.ChannelNorm, no spatial statistics) where the backbone has no GroupNorm;
     # "none" where the values themselves carry the signal (an image's brightness and colour)
     norm: Literal["group", "channel", "none"] = "group"
 
