@@ -245,17 +245,10 @@ def pairs_problems(modality: Any, folder: str, train: Any) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         return [f"pairs folder '{root}' does not exist or is not a folder."]
-    sides = {}
-    for side in ("lq", "hq"):
-        d = root / side
-        if not d.is_dir():
-            return [f"pairs folder '{root}' needs the sub-folders lq/ and hq/; '{d}' is missing."]
-        try:
-            found = images.list_images(d, modality.suffixes)
-            sides[side] = {p.relative_to(d).with_suffix("").as_posix(): p for p in found}
-        except UserError as exc:
-            return [str(exc)]
-    lq, hq = sides["lq"], sides["hq"]
+    try:
+        lq, hq = images.pair_files(root, modality.suffixes)
+    except UserError as exc:
+        return [str(exc)]
     problems = Problems()
     orphans = sorted(lq.keys() ^ hq.keys())
     for stem in orphans[:3]:

@@ -100,7 +100,7 @@ class Reconstructor(nn.Module, ABC):
 
     def supervised_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor
                         ) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
-        """A plain supervised objective on pairs: the from-scratch baseline (``Engine.scratch``) trains the
+        """A plain supervised objective on pairs: the bench's from-scratch baseline (``rdiff bench``) trains the
         whole backbone, from random initialisation, with it.
 
         Default: L1 inside ``roi`` between the ``fast`` enhancement of ``lq`` and ``hq``. Backbones with the

@@ -51,24 +51,19 @@ def mark_stages_done(directory: Path, done: list[str]) -> None:
 def write_config(run_dir: Path, config: RunConfig, note: str | None = None) -> None:
     """config.yaml: the fully resolved configuration, after the comment lines it already had (what earlier
     resumes changed) and ``note``."""
-    path = Path(run_dir) / "config.yaml"
-    write_bytes(path, config_text(path, to_dict(config), note).encode("utf-8"))
-
-
-def config_text(config_file: Path, data: dict[str, Any], note: str | None = None) -> str:
-    """config.yaml's new text: the comment lines it already had (earlier resume notes), ``note``, then ``data``."""
     import yaml
 
+    path = Path(run_dir) / "config.yaml"
     kept = []
-    if config_file.is_file():
-        for line in config_file.read_text(encoding="utf-8").splitlines():
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
             if not line.startswith("#"):
                 break
             kept.append(line)
     if note:
         kept.append(f"# {note}")
     header = "".join(line + "\n" for line in kept)
-    return header + yaml.safe_dump(data, sort_keys=False)
+    write_bytes(path, (header + yaml.safe_dump(to_dict(config), sort_keys=False)).encode("utf-8"))
 
 
 #: what training leaves in a run directory (a config.yaml alone is a run stopped before its first checkpoint)
@@ -226,7 +221,7 @@ class Run:
                  paths: list[str] | None = None) -> dict[str, Any]:
         """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
         from rdiff.data import load_pair_folder, to_tensor
-        from rdiff.evaluation import default_name, evaluate, heldout_pairs, local_metrics, named_paths, score
+        from rdiff.evaluation import evaluate, heldout_pairs, local_metrics, named_paths, score, with_default
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
@@ -244,10 +239,7 @@ class Run:
                 out = self.enhance(pair.lq, roi=pair.roi, path=name)
                 metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
             report["paths"][name] = {k: round(float(v), 4) for k, v in metrics.compute().items()}
-        wanted = default_name(self.backbone, cfg)
-        chosen = wanted if wanted in report["paths"] else next(iter(report["paths"]))
-        report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
-        return report
+        return with_default(report, self.backbone, cfg)
 
 
 def _load(backbone: Any, directory: Path, name: str) -> None:
