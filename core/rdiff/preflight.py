@@ -49,9 +49,10 @@ class Problems:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def add(self, sentence: str) -> None:
-        if sentence not in self.lines:
-            self.lines.append(sentence)
+    def add(self, *sentences: str) -> None:
+        for sentence in sentences:
+            if sentence not in self.lines:
+                self.lines.append(sentence)
 
     def guard(self, check: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``check``; a UserError it raises becomes one more problem."""
@@ -358,29 +359,23 @@ def check_run(config: Any, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
     from rdiff.registry import create_modality
 
     problems = Problems()
-    for sentence in config_problems(config, phases):
-        problems.add(sentence)
+    problems.add(*config_problems(config, phases))
     modality = problems.guard(create_modality, config.modality, **config.modality_options)
     if modality is not None:
         if config.data:
-            for sentence in data_problems(modality, config.data, config.train):
-                problems.add(sentence)
+            problems.add(*data_problems(modality, config.data, config.train))
         if config.pairs and "adapt" in phases:
-            for sentence in pairs_problems(modality, config.pairs, config.train):
-                problems.add(sentence)
-    for sentence in output_problems(Path(run_dir)):
-        problems.add(sentence)
+            problems.add(*pairs_problems(modality, config.pairs, config.train))
+    problems.add(*output_problems(Path(run_dir)))
     problems.raise_if_any()
 
 
 def check_backbone(config: Any, backbone: Any, run_dir: str | Path | None = None) -> None:
     """What needs the built backbone: crop size multiple, stages, enhancement path and disk space."""
     problems = Problems()
-    for sentence in backbone_problems(config, backbone):
-        problems.add(sentence)
+    problems.add(*backbone_problems(config, backbone))
     if run_dir is not None:
-        for sentence in space_problems(Path(run_dir), backbone, config):
-            problems.add(sentence)
+        problems.add(*space_problems(Path(run_dir), backbone, config))
     problems.raise_if_any()
 
 
