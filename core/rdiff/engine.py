@@ -24,7 +24,7 @@ from rdiff.errors import TrainingStopped, UserError
 from rdiff.evaluation import default_name, evaluate, heldout_pairs, named_paths, sampling_settings, validation_psnr
 from rdiff.plugins import plugins
 from rdiff.registry import create_adaptor, create_components, create_modality
-from rdiff.report import build_report
+from rdiff.report import build_report, carry_times
 from rdiff.run import (discard_untrained, load_phase1, mark_stages_done, reconstruct_dir, stages_done, truncate_log,
                        write_config)
 from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, optimisers, resume_from, stable_seed
@@ -315,7 +315,6 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
     (on the main process; ``None`` on the others). Everything checkable is checked before anything is
     written (:mod:`rdiff.preflight`); ``note`` (what a resume changed) is recorded in config.yaml."""
     from rdiff import preflight
-    from rdiff.resume import carry_times
 
     if not resume and (Path(run_dir) / "config.yaml").exists() and "reconstruct" in phases:
         raise UserError(f"run directory '{run_dir}' already holds a run; resume it or choose another directory.")
