@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rdiff.catalogue import catalogue
+from rdiff.plugins import catalogue
 from rdiff.plugins import Plugins
 from rdiff.testing import AdaptorContract, BackboneContract, ModalityContract
 

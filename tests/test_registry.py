@@ -8,7 +8,7 @@ from importlib import metadata, resources
 
 import pytest
 
-from rdiff.catalogue import catalogue
+from rdiff.plugins import catalogue
 from rdiff.plugins import plugins
 from rdiff.registry import create_backbone
 

@@ -7,6 +7,15 @@
   run killed at any moment, or a checkpoint truncated on disk, falls back to the last complete one.
 - Optimiser and RNG state are plain tensors and numbers, saved with ``torch.save`` and loaded only with
   ``torch.load(weights_only=True)``. Nothing is ever unpickled.
+- A run's final weights get such a manifest too, ``RUN/manifest.json`` (:func:`record_weights`), so that a
+  deleted, truncated or corrupted weight file is found and named when the run is loaded
+  (:func:`verify_weights`), instead of surfacing as a decoder traceback or, worse, as a run that silently
+  enhances without its adaptor. Its paths are relative to the run directory::
+
+      {"files": {"reconstruct/autoencoder/diffusion_pytorch_model.safetensors": {"bytes": ..., "sha256": ...},
+                 "adapt/adaptor.safetensors": {...}}}
+
+  Runs written before the manifest existed have none; they load as before (the loader names a damaged file).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rdiff.errors import UserError
 from rdiff.images import atomic_file, temp_dir_beside
 
 MANIFEST = "manifest.json"
@@ -88,8 +98,6 @@ def network_file(directory: Path) -> Path:
     for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
         if (directory / name).is_file():
             return directory / name
-    from rdiff.errors import UserError
-
     raise UserError(f"no weights in '{directory}' (expected a .safetensors file saved by rdiff).")
 
 
@@ -98,8 +106,6 @@ def load_network(net: nn.Module, directory: Path) -> None:
     try:
         weights = load_file(file)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own type for truncated or corrupt files
-        from rdiff.errors import UserError
-
         raise UserError(f"weight file '{file}' is damaged ({str(exc).splitlines()[0]}).") from None
     net.load_state_dict(weights, strict=True)
 
@@ -177,3 +183,64 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --- a run's final weights: RUN/manifest.json -----------------------------------------------------------------
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files below ``folder``, training checkpoints and temporary files excluded."""
+    found = []
+    for path in sorted(folder.rglob("*.safetensors")):
+        relative = path.relative_to(folder)
+        if any(part in ("checkpoint", "checkpoint.prev") or part.startswith(".") for part in relative.parts):
+            continue
+        found.append(path)
+    return found
+
+
+def recorded_weights(run_dir: str | Path) -> dict[str, dict]:
+    """The final weight files recorded for ``run_dir`` (empty when it has no manifest)."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("files", {}))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"'{path}' is damaged ({type(exc).__name__}: {exc}); it lists the run's weight files "
+                        f"with their sizes and checksums.") from None
+
+
+def record_weights(run_dir: str | Path, folder: str | Path) -> None:
+    """Record (or re-record) every weight file below ``folder``, a sub-folder of ``run_dir``, in the run's
+    manifest; entries of files no longer there are dropped."""
+    run_dir, folder = Path(run_dir), Path(folder)
+    prefix = folder.relative_to(run_dir).as_posix().rstrip("/") + "/"
+    files = {k: v for k, v in recorded_weights(run_dir).items() if not k.startswith(prefix)}
+    for path in _weight_files(folder):
+        files[path.relative_to(run_dir).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    write_json(run_dir / MANIFEST, {"files": dict(sorted(files.items()))})
+
+
+def _weight_problem(path: Path, expected: dict) -> str | None:
+    """Why the recorded file ``path`` is not as recorded, or ``None``."""
+    if not path.is_file():
+        return "is missing"
+    size = path.stat().st_size
+    if size != expected.get("bytes"):
+        return f"is damaged: it has {size} bytes, {expected.get('bytes')} were written"
+    if _sha256(path) != expected.get("sha256"):
+        return "is damaged: its content does not match the checksum recorded when it was written"
+    return None
+
+
+def verify_weights(run_dir: str | Path, under: str, *, hint: str = "") -> None:
+    """Refuse, naming the file, when a weight file the run's manifest records under ``under`` (e.g.
+    ``reconstruct``) is missing or damaged."""
+    run_dir = Path(run_dir)
+    for relative, expected in recorded_weights(run_dir).items():
+        if not relative.startswith(under.rstrip("/") + "/"):
+            continue
+        why = _weight_problem(run_dir / relative, expected)
+        if why:
+            raise UserError(f"weight file '{run_dir / relative}' {why} (see '{run_dir / MANIFEST}'){hint}.")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from rdiff import __version__
-from rdiff.errors import TrainingStopped, UserError
+from rdiff.errors import TrainingStopped, UserError, describe_os_error
 from rdiff.report import adaptor_params, format_eval_table
 
 RUN_FLAGS = ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")  # flags that are config keys
@@ -358,9 +359,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- how a failure reaches a user -----------------------------------------------------------------------------
+
+
+def short_warnings() -> None:
+    """Show rdiff's own warnings as ``rdiff: warning: <message>``: a user needs the message, not the source
+    line of the module that issued it. Other libraries' warnings keep Python's usual format."""
+    original = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):  # noqa: ANN001 - warnings' signature
+        parts = Path(str(filename)).parts
+        if any(p == "rdiff" or p.startswith("rdiff_") for p in parts) and issubclass(category, UserWarning):
+            return f"rdiff: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    if getattr(original, "__module__", "") != __name__:  # install once per process
+        warnings.formatwarning = formatwarning
+
+
+TRAINING = ("train", "reconstruct", "adapt", "bench")  # commands that leave a checkpoint to resume from
+
+
+def interrupted_message(command: str | None) -> str:
+    """What an interruption (Ctrl-C) leaves behind, for the command that was running."""
+    if command in TRAINING:
+        return "interrupted; the last checkpoint is kept (resume with --resume)"
+    if command in ("enhance", "degrade"):
+        return ("interrupted; every file already written is complete (files appear under their final names "
+                "only when finished), the others were not written")
+    return "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
-    from rdiff.failures import TRAINING_COMMANDS as TRAINING
-    from rdiff.failures import describe_os_error, interrupted_message, short_warnings
     from rdiff.plugins import plugins
 
     short_warnings()

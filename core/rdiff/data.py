@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rdiff.errors import UserError
-from rdiff.images import list_images
+from rdiff.images import list_images, pair_files
 from rdiff.modality import Modality
 from rdiff.training import stable_seed
 
@@ -136,14 +136,9 @@ def resize_longest(image: np.ndarray, longest: int | None) -> np.ndarray:
 def load_pair_folder(modality: Modality, folder: str, resize: int | None) -> list[Pair]:
     """``folder/lq/*`` and ``folder/hq/*`` matched by file stem; a stem on one side only is an error."""
     root = Path(folder)
-    lq_dir, hq_dir = root / "lq", root / "hq"
-    for d in (lq_dir, hq_dir):
-        if not d.is_dir():
-            raise UserError(f"pairs folder '{root}' needs the sub-folders lq/ and hq/; '{d}' is missing.")
-    lq = {p.relative_to(lq_dir).with_suffix("").as_posix(): p for p in list_images(lq_dir, modality.suffixes)}
-    hq = {p.relative_to(hq_dir).with_suffix("").as_posix(): p for p in list_images(hq_dir, modality.suffixes)}
+    lq, hq = pair_files(root, modality.suffixes)
     for stem in sorted(lq.keys() ^ hq.keys()):
-        have, missing = (lq[stem], hq_dir) if stem in lq else (hq[stem], lq_dir)
+        have, missing = (lq[stem], root / "hq") if stem in lq else (hq[stem], root / "lq")
         raise UserError(f"'{have}' has no partner with the stem '{stem}' in '{missing}'.")
     pairs = []
     for stem in sorted(lq):

@@ -17,16 +17,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rdiff import manifest
-from rdiff.checkpoints import save_checkpoint, write_json, write_weights
+from rdiff.checkpoints import record_weights, save_checkpoint, write_json, write_weights
 from rdiff.config import RunConfig
 from rdiff.data import CleanCrops, PairCrops, adaptation_pairs, load_items
 from rdiff.errors import TrainingStopped, UserError
 from rdiff.evaluation import default_name, evaluate, heldout_pairs, named_paths, sampling_settings, validation_psnr
 from rdiff.plugins import plugins
 from rdiff.registry import create_adaptor, create_components, create_modality
-from rdiff.report import build_report
-from rdiff.run import discard_untrained, mark_stages_done, reconstruct_dir, stages_done, truncate_log, write_config
+from rdiff.report import build_report, carry_times
+from rdiff.run import (discard_untrained, load_phase1, mark_stages_done, reconstruct_dir, stages_done, truncate_log,
+                       write_config)
 from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, optimisers, resume_from, stable_seed
 
 
@@ -107,18 +107,13 @@ class Engine:
             if self.is_main:
                 self.backbone.save(self.reconstruct_dir)
                 mark_stages_done(self.reconstruct_dir, done)
-                manifest.record(self.reconstruct_dir.parent, self.reconstruct_dir)  # sizes and hashes
+                record_weights(self.reconstruct_dir.parent, self.reconstruct_dir)  # sizes and hashes
             self.accelerator.wait_for_everyone()
         self.times["reconstruct"] = round(time.perf_counter() - started, 1)
 
     # --- phase 2 ---------------------------------------------------------------------------------------------
     def load_reconstruction(self) -> None:
-        done = stages_done(self.reconstruct_dir)
-        if list(done) != list(self.backbone.stages):
-            raise UserError(f"'{self.reconstruct_dir.parent}' has no finished phase 1 "
-                            f"(stages done: {', '.join(done) or 'none'}); run `rdiff reconstruct` first.")
-        manifest.verify(self.reconstruct_dir.parent, "reconstruct")
-        self.backbone.load(self.reconstruct_dir)
+        load_phase1(self.backbone, self.config, self.run_dir, hint="; run `rdiff reconstruct` first")
 
     def pairs(self) -> tuple[list, list, int]:  # training and validation pairs of phase 2, their crop side
         return adaptation_pairs(self.modality, self.config)
@@ -169,7 +164,7 @@ class Engine:
             write_weights(adapt_dir / "adaptor.safetensors", adaptor.adaptor_state_dict())
             if train.train_base:
                 self.backbone.save(adapt_dir / "base")
-            manifest.record(self.run_dir, adapt_dir)
+            record_weights(self.run_dir, adapt_dir)
             write_json(adapt_dir / "adaptor.json", {"adaptor": cfg.adaptor, "options": cfg.adaptor_options,
                                                     "best_step": best.step, "val_psnr": best.psnr,
                                                     "train_base": train.train_base})
@@ -320,7 +315,6 @@ def run(config: RunConfig, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
     (on the main process; ``None`` on the others). Everything checkable is checked before anything is
     written (:mod:`rdiff.preflight`); ``note`` (what a resume changed) is recorded in config.yaml."""
     from rdiff import preflight
-    from rdiff.resume import carry_times
 
     if not resume and (Path(run_dir) / "config.yaml").exists() and "reconstruct" in phases:
         raise UserError(f"run directory '{run_dir}' already holds a run; resume it or choose another directory.")

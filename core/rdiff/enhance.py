@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from rdiff import images
-from rdiff.errors import UserError, did_you_mean
+from rdiff.errors import UserError, describe_os_error, did_you_mean
 
 if TYPE_CHECKING:
     from rdiff.modality import Modality
@@ -537,8 +537,6 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
                 tqdm.write(f"FAILED {relative}: {exc}", file=sys.stderr)
                 continue
             except OSError as exc:  # disk full, read-only folder: reported and skipped like a bad file
-                from rdiff.failures import describe_os_error
-
                 failed.append(str(relative))
                 tqdm.write(f"FAILED {relative}: {describe_os_error(exc)}", file=sys.stderr)
                 continue

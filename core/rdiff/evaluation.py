@@ -124,10 +124,15 @@ def evaluate(backbone: Reconstructor, modality: Modality, pairs: list[Pair], *, 
         with backbone.base_only():
             report["reconstruct_only"] = score(modality, pairs, enhancer(backbone, options["fast"], device, seed,
                                                                          autocast), device)
+    return with_default(report, backbone, config)
+
+
+def with_default(report: dict[str, Any], backbone: Reconstructor, config: Any) -> dict[str, Any]:
+    """``report`` with ``default_path`` and ``enhanced``: the run's ``eval.path`` when it was scored, else the
+    first path scored."""
     wanted = default_name(backbone, config)
     chosen = wanted if wanted in report["paths"] else next(iter(report["paths"]))
-    report["default_path"] = chosen
-    report["enhanced"] = report["paths"][chosen]
+    report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
     return report
 
 

@@ -197,6 +197,19 @@ def list_images(folder: str | Path, suffixes: tuple[str, ...] = SUFFIXES) -> lis
     return found
 
 
+def pair_files(folder: str | Path, suffixes: tuple[str, ...] = SUFFIXES) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The images of a pairs folder's ``lq/`` and ``hq/``, each side by stem (its path inside the side,
+    without suffix). Partners are not matched here: the caller says which stems lack one."""
+    root = Path(folder)
+    sides = (root / "lq", root / "hq")
+    for side in sides:
+        if not side.is_dir():
+            raise UserError(f"pairs folder '{root}' needs the sub-folders lq/ and hq/; '{side}' is missing.")
+    lq, hq = ({p.relative_to(side).with_suffix("").as_posix(): p for p in list_images(side, suffixes)}
+              for side in sides)
+    return lq, hq
+
+
 def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[tuple[Path, Path]]:
     """Files, folders (recursive) and glob patterns -> ``(file, path relative to its input)`` pairs, in order,
     without duplicates. An input that matches nothing raises :class:`UserError` naming it."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rdiff import images
-from rdiff.errors import UserError, did_you_mean
+from rdiff.errors import UserError, describe_os_error, did_you_mean
 
 # the smallest value each count or interval may take (a step count of 0 trains nothing and reports
 # "validation PSNR -inf dB"; an interval of 0 divides by zero in the training loop)
@@ -49,9 +49,10 @@ class Problems:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def add(self, sentence: str) -> None:
-        if sentence not in self.lines:
-            self.lines.append(sentence)
+    def add(self, *sentences: str) -> None:
+        for sentence in sentences:
+            if sentence not in self.lines:
+                self.lines.append(sentence)
 
     def guard(self, check: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``check``; a UserError it raises becomes one more problem."""
@@ -245,17 +246,10 @@ def pairs_problems(modality: Any, folder: str, train: Any) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         return [f"pairs folder '{root}' does not exist or is not a folder."]
-    sides = {}
-    for side in ("lq", "hq"):
-        d = root / side
-        if not d.is_dir():
-            return [f"pairs folder '{root}' needs the sub-folders lq/ and hq/; '{d}' is missing."]
-        try:
-            found = images.list_images(d, modality.suffixes)
-            sides[side] = {p.relative_to(d).with_suffix("").as_posix(): p for p in found}
-        except UserError as exc:
-            return [str(exc)]
-    lq, hq = sides["lq"], sides["hq"]
+    try:
+        lq, hq = images.pair_files(root, modality.suffixes)
+    except UserError as exc:
+        return [str(exc)]
     problems = Problems()
     orphans = sorted(lq.keys() ^ hq.keys())
     for stem in orphans[:3]:
@@ -298,8 +292,6 @@ def _existing_ancestor(path: Path) -> Path:
 
 def output_problems(run_dir: Path) -> list[str]:
     """The run directory can be created and written to (tested with a temporary file, removed at once)."""
-    from rdiff.failures import describe_os_error
-
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         return [f"run directory '{run_dir}' is a file, not a folder; choose another --out."]
@@ -367,29 +359,23 @@ def check_run(config: Any, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
     from rdiff.registry import create_modality
 
     problems = Problems()
-    for sentence in config_problems(config, phases):
-        problems.add(sentence)
+    problems.add(*config_problems(config, phases))
     modality = problems.guard(create_modality, config.modality, **config.modality_options)
     if modality is not None:
         if config.data:
-            for sentence in data_problems(modality, config.data, config.train):
-                problems.add(sentence)
+            problems.add(*data_problems(modality, config.data, config.train))
         if config.pairs and "adapt" in phases:
-            for sentence in pairs_problems(modality, config.pairs, config.train):
-                problems.add(sentence)
-    for sentence in output_problems(Path(run_dir)):
-        problems.add(sentence)
+            problems.add(*pairs_problems(modality, config.pairs, config.train))
+    problems.add(*output_problems(Path(run_dir)))
     problems.raise_if_any()
 
 
 def check_backbone(config: Any, backbone: Any, run_dir: str | Path | None = None) -> None:
     """What needs the built backbone: crop size multiple, stages, enhancement path and disk space."""
     problems = Problems()
-    for sentence in backbone_problems(config, backbone):
-        problems.add(sentence)
+    problems.add(*backbone_problems(config, backbone))
     if run_dir is not None:
-        for sentence in space_problems(Path(run_dir), backbone, config):
-            problems.add(sentence)
+        problems.add(*space_problems(Path(run_dir), backbone, config))
     problems.raise_if_any()
 
 

@@ -35,7 +35,7 @@ class AdaptationTarget:
     channels: int
     layout: Literal["BCHW", "BLC"] = "BCHW"  # image-shaped features or token sequences
     # the normalisation an adaptor layer here should use to be as tile-invariant as the block it joins:
-    # "channel" (rdiff.layers.ChannelNorm, no spatial statistics) where the backbone has no GroupNorm;
+    # "channel" (rdiff_layers.ChannelNorm, no spatial statistics) where the backbone has no GroupNorm;
     # "none" where the values themselves carry the signal (an image's brightness and colour)
     norm: Literal["group", "channel", "none"] = "group"
 
@@ -100,7 +100,7 @@ class Reconstructor(nn.Module, ABC):
 
     def supervised_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor
                         ) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
-        """A plain supervised objective on pairs: the from-scratch baseline (``Engine.scratch``) trains the
+        """A plain supervised objective on pairs: the bench's from-scratch baseline (``rdiff bench``) trains the
         whole backbone, from random initialisation, with it.
 
         Default: L1 inside ``roi`` between the ``fast`` enhancement of ``lq`` and ``hq``. Backbones with the

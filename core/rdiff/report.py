@@ -1,8 +1,10 @@
-"""report.json: what a finished run reports (held-out evaluation, parameter counts, times), and the table
-the CLI prints from it."""
+"""report.json: what a finished run reports (held-out evaluation, parameter counts, times, those of a
+resumed run carried over), and the table the CLI prints from it."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -35,6 +37,21 @@ def build_report(cfg: Any, backbone: Any, evaluation: dict[str, Any] | None, ada
     if cfg.reconstruct_from:
         report["reconstruct_from"] = cfg.reconstruct_from
     return report
+
+
+def carry_times(run_dir: str | Path, times: dict[str, float]) -> dict[str, float]:
+    """Training times of a resumed run: what report.json already recorded plus what this resume spent.
+    Evaluation is measured anew (it runs again in full)."""
+    report = Path(run_dir) / "report.json"
+    try:
+        before = json.loads(report.read_text(encoding="utf-8")).get("time_s") or {} if report.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        before = {}
+    out = dict(times)
+    for phase, seconds in before.items():
+        if phase != "evaluate" and isinstance(seconds, (int, float)):
+            out[phase] = round(float(seconds) + float(times.get(phase, 0.0)), 1)
+    return out
 
 
 def adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:

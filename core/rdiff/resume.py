@@ -11,13 +11,12 @@ fix one of them; the others would silently mix two configurations in one run. So
 - ignores a flag that repeats the run's own value.
 
 The report of a resumed run adds the training time of this resume to the time the run had already spent
-(:func:`carry_times`), so resuming a finished run does not replace 38 s of training with 0.6 s.
+(:func:`rdiff.report.carry_times`), so resuming a finished run does not replace 38 s of training with 0.6 s.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
@@ -107,17 +106,3 @@ def _show(value: Any) -> str:
         return "(unset)"
     return "null" if value is None else str(value)
 
-
-def carry_times(run_dir: str | Path, times: dict[str, float]) -> dict[str, float]:
-    """Training times of a resumed run: what report.json already recorded plus what this resume spent.
-    Evaluation is measured anew (it runs again in full)."""
-    report = Path(run_dir) / "report.json"
-    try:
-        before = json.loads(report.read_text(encoding="utf-8")).get("time_s") or {} if report.is_file() else {}
-    except (OSError, ValueError, AttributeError):
-        before = {}
-    out = dict(times)
-    for phase, seconds in before.items():
-        if phase != "evaluate" and isinstance(seconds, (int, float)):
-            out[phase] = round(float(seconds) + float(times.get(phase, 0.0)), 1)
-    return out

@@ -8,7 +8,7 @@ Layout (see docs/concepts.md)::
     RUN/adapt/                 phase 2: adaptor.safetensors, adaptor.json, checkpoint/
     RUN/metrics.jsonl          one line per logged step
     RUN/report.json            held-out evaluation, parameter counts, times
-    RUN/manifest.json          size and SHA-256 of every final weight file (rdiff.manifest)
+    RUN/manifest.json          size and SHA-256 of every final weight file (rdiff.checkpoints)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rdiff.checkpoints import write_bytes, write_json
+from rdiff.checkpoints import recorded_weights, verify_weights, write_bytes, write_json
 from rdiff.config import RunConfig, build, load_yaml, to_dict
 from rdiff.errors import UserError
 from rdiff.evaluation import sampling_settings
@@ -51,24 +51,19 @@ def mark_stages_done(directory: Path, done: list[str]) -> None:
 def write_config(run_dir: Path, config: RunConfig, note: str | None = None) -> None:
     """config.yaml: the fully resolved configuration, after the comment lines it already had (what earlier
     resumes changed) and ``note``."""
-    path = Path(run_dir) / "config.yaml"
-    write_bytes(path, config_text(path, to_dict(config), note).encode("utf-8"))
-
-
-def config_text(config_file: Path, data: dict[str, Any], note: str | None = None) -> str:
-    """config.yaml's new text: the comment lines it already had (earlier resume notes), ``note``, then ``data``."""
     import yaml
 
+    path = Path(run_dir) / "config.yaml"
     kept = []
-    if config_file.is_file():
-        for line in config_file.read_text(encoding="utf-8").splitlines():
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
             if not line.startswith("#"):
                 break
             kept.append(line)
     if note:
         kept.append(f"# {note}")
     header = "".join(line + "\n" for line in kept)
-    return header + yaml.safe_dump(data, sort_keys=False)
+    write_bytes(path, (header + yaml.safe_dump(to_dict(config), sort_keys=False)).encode("utf-8"))
 
 
 #: what training leaves in a run directory (a config.yaml alone is a run stopped before its first checkpoint)
@@ -89,6 +84,33 @@ def discard_untrained(run_dir: str | Path) -> bool:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return True
+
+
+def expects_adaptor(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` finished phase 2: its manifest lists the adaptor, or phase 2's own record
+    (``adapt/adaptor.json``) or report says so. Used to refuse enhancing an adapted run without its adaptor."""
+    run_dir = Path(run_dir)
+    if "adapt/adaptor.safetensors" in recorded_weights(run_dir) or (run_dir / "adapt" / "adaptor.json").is_file():
+        return True
+    report = run_dir / "report.json"
+    if report.is_file():
+        try:
+            return bool(json.loads(report.read_text(encoding="utf-8")).get("adapt"))
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
+def load_phase1(backbone: Any, config: RunConfig, run_dir: str | Path, hint: str = "") -> None:
+    """Load a run's phase 1 (its own, or the run it adapts) into ``backbone``: refused, in one sentence, when
+    a stage has not finished or a weight file is missing or damaged."""
+    phase1 = reconstruct_dir(config, run_dir)
+    done = stages_done(phase1)
+    if list(done) != list(backbone.stages):
+        raise UserError(f"run '{phase1.parent}' has not finished phase 1 (stages done: {', '.join(done) or 'none'})"
+                        f"{hint}.")
+    verify_weights(phase1.parent, "reconstruct")
+    _load(backbone, phase1, config.backbone)
 
 
 def truncate_log(run_dir: Path, phase: str, stage: str, step: int) -> None:
@@ -143,22 +165,15 @@ class Run:
     def load(cls, path: str | Path, *, reconstruct_only: bool = False) -> Run:
         """Load a run directory. An adapted run loads with its adaptor, and refuses (naming the file) when
         the adaptor is missing or damaged; ``reconstruct_only=True`` asks for the phase-1 model alone."""
-        from rdiff import manifest
-
         directory = Path(path)
         config_file = directory / "config.yaml"
         if not config_file.is_file():
             raise UserError(f"'{directory}' is not an rdiff run directory (it has no config.yaml).")
         config = build(RunConfig, load_yaml(config_file))
         modality, backbone = create_components(config)
-        phase1 = reconstruct_dir(config, directory)
-        done = stages_done(phase1)
-        if list(done) != list(backbone.stages):
-            raise UserError(f"run '{phase1.parent}' has not finished phase 1 (stages done: {', '.join(done) or 'none'}).")
-        manifest.verify(phase1.parent, "reconstruct")
-        _load(backbone, phase1, config.backbone)
+        load_phase1(backbone, config, directory)
         adaptor_file = directory / "adapt" / "adaptor.safetensors"
-        adapted = not reconstruct_only and (adaptor_file.is_file() or manifest.expects_adaptor(directory))
+        adapted = not reconstruct_only and (adaptor_file.is_file() or expects_adaptor(directory))
         if adapted:
             from safetensors.torch import load_file
 
@@ -166,7 +181,7 @@ class Run:
                 raise UserError(f"adaptor file '{adaptor_file}' is missing, so run '{directory}' cannot enhance "
                                 f"as adapted; restore it, re-adapt with `rdiff adapt --from {directory}`, or pass "
                                 f"--reconstruct-only to use the phase-1 model alone.")
-            manifest.verify(directory, "adapt", hint="; pass --reconstruct-only to use the phase-1 model alone")
+            verify_weights(directory, "adapt", hint="; pass --reconstruct-only to use the phase-1 model alone")
             adaptor = create_adaptor(config.adaptor, backbone, **config.adaptor_options)
             try:
                 weights = load_file(adaptor_file)
@@ -206,7 +221,7 @@ class Run:
                  paths: list[str] | None = None) -> dict[str, Any]:
         """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
         from rdiff.data import load_pair_folder, to_tensor
-        from rdiff.evaluation import default_name, evaluate, heldout_pairs, local_metrics, named_paths, score
+        from rdiff.evaluation import evaluate, heldout_pairs, local_metrics, named_paths, score, with_default
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
@@ -224,10 +239,7 @@ class Run:
                 out = self.enhance(pair.lq, roi=pair.roi, path=name)
                 metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
             report["paths"][name] = {k: round(float(v), 4) for k, v in metrics.compute().items()}
-        wanted = default_name(self.backbone, cfg)
-        chosen = wanted if wanted in report["paths"] else next(iter(report["paths"]))
-        report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
-        return report
+        return with_default(report, self.backbone, cfg)
 
 
 def _load(backbone: Any, directory: Path, name: str) -> None:

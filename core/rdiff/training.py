@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -78,21 +78,18 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
-def ema_weights(ema: Any, params: list[nn.Parameter]) -> Any:
+@contextmanager
+def ema_weights(ema: Any, params: list[nn.Parameter]) -> Iterator[None]:
     """A context in which ``params`` hold their EMA weights (nothing changes when ``ema`` is None)."""
-
-    @contextmanager
-    def swapped():
-        if ema is None:
-            yield
-            return
-        ema.store(params)
-        ema.copy_to(params)
-        try:
-            yield
-        finally:
-            ema.restore(params)
-    return swapped()
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 def lr_factor(train: Any, steps: int, step: int) -> float:

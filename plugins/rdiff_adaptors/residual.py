@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rdiff.errors import UserError
-from rdiff.layers import norm_layer
+from rdiff_layers import norm_layer
 from rdiff.plugins import declarations
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 

@@ -90,7 +90,7 @@ class CNNAutoencoder(ModelMixin, ConfigMixin):
                                block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                                norm_num_groups=norm_num_groups, mid_block_add_attention=False)
         if norm == "channel":  # part of the config, so from_pretrained rebuilds the same network
-            from rdiff.layers import replace_group_norms
+            from rdiff_layers import replace_group_norms
 
             replace_group_norms(self)
 

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from rdiff import AdaptationTarget, UserError
-from rdiff.layers import replace_group_norms
+from rdiff_layers import replace_group_norms
 from rdiff_ldm_unet.config import LatentConfig
 
 

@@ -6,7 +6,7 @@ import torch
 from diffusers import UNet2DModel
 
 from rdiff import UserError
-from rdiff.layers import replace_group_norms
+from rdiff_layers import replace_group_norms
 from rdiff_ldm_unet.autoencoder import check_widths
 from rdiff_ldm_unet.config import LDMConfig
 

@@ -1,4 +1,9 @@
-"""Network layers that backbones and adaptors share: normalisation without spatial statistics.
+"""Network layers that backbone and adaptor plugins share: normalisation without spatial statistics.
+
+A library that ships with rdiff, not a plugin (no entry point) and not the runtime (the core never imports
+it): the built-in backbones build their networks with it, the residual adaptor its layers, and a third-party
+plugin may import it the same way (``from rdiff_layers import ChannelNorm``). An
+:class:`rdiff.AdaptationTarget` whose ``norm`` is ``"channel"`` asks for a :class:`ChannelNorm`.
 
 GroupNorm normalises each image by statistics gathered over its whole extent. That has two costs in an
 enhancement model: a tile of a large photograph is normalised differently from the same pixels seen whole
