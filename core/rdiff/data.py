@@ -245,16 +245,12 @@ def degraded_crops(modality: Modality, items: list[Item], size: int, count: int,
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         item = _pick(rng, items)
-        if size > min(item.image.shape[:2]):  # the whole image, on a canvas
-            degraded, params = modality.degrade(item.image, item.roi, rng)
-            pairs.append(Pair(on_canvas(degraded.astype(np.float32), size), on_canvas(item.image, size),
-                              on_canvas(item.roi, size), params, item.source))
-            continue
-        y, x = random_crop(rng, item.image, item.roi, size)
+        whole = size > min(item.image.shape[:2])  # the whole image, on a canvas (see adaptation_size)
+        y, x = (0, 0) if whole else random_crop(rng, item.image, item.roi, size)
         degraded, params = modality.degrade(item.image, item.roi, rng)
         s = (slice(y, y + size), slice(x, x + size))
-        pairs.append(Pair(degraded[s].astype(np.float32), item.image[s].copy(), item.roi[s].copy(), params,
-                          f"{item.source} crop {y},{x}"))
+        lq, hq, roi = (on_canvas(a, size)[s].copy() for a in (degraded.astype(np.float32), item.image, item.roi))
+        pairs.append(Pair(lq, hq, roi, params, item.source if whole else f"{item.source} crop {y},{x}"))
     return pairs
 
 
@@ -293,10 +289,10 @@ def adaptation_size(train: Any, images: list[np.ndarray]) -> int:
 
 
 def on_canvas(array: np.ndarray, size: int) -> np.ndarray:
-    """``array`` (an image or its roi) at the top left of a ``size``-px square of zeros: background, which
-    the roi leaves out of every loss, so a whole image of any shape batches with the others."""
-    pad = [(0, size - array.shape[0]), (0, size - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pad) if pad[0][1] or pad[1][1] else array
+    """``array`` (an image or its roi) at the top left of at least a ``size``-px square of zeros: background,
+    which the roi leaves out of every loss, so a whole image of any shape batches with the others."""
+    pad = [(0, max(0, size - side)) for side in array.shape[:2]] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad)
 
 
 def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[Pair], int]:
@@ -309,9 +305,8 @@ def adaptation_pairs(modality: Modality, config: Any) -> tuple[list[Pair], list[
             raise UserError(f"pairs folder '{cfg.pairs}' holds {len(all_pairs)} pair; at least 2 are needed "
                             f"(one to train, one to validate).")
         size = adaptation_size(train, [p.hq for p in all_pairs])
-        if size > min(min(p.hq.shape[:2]) for p in all_pairs):  # whole images
-            all_pairs = [Pair(on_canvas(p.lq, size), on_canvas(p.hq, size), on_canvas(p.roi, size), p.params,
-                              p.source) for p in all_pairs]
+        # whole images (when size exceeds one's side) on one canvas
+        all_pairs = [Pair(*(on_canvas(a, size) for a in (p.lq, p.hq, p.roi)), p.params, p.source) for p in all_pairs]
         n_val = min(max(1, len(all_pairs) // 5), len(all_pairs) - 1)
         val = fixed_crops(all_pairs[-n_val:], size, max(train.val_pairs, n_val), cfg.seed + 1)
         return all_pairs[:-n_val], val, size
