@@ -198,17 +198,21 @@ def _ramp(length: int) -> np.ndarray:
 def _plan_axis(length: int, tile: int, overlap: int, multiple: int) -> _Axis:
     """Cut one axis into as few tiles of at most ``tile`` px as cover it with ``overlap`` px shared between
     neighbours, all of one size and spread evenly: a 2048-px side with 1024-px tiles becomes three tiles
-    of 704 px rather than two whole tiles and a third moved back to the border (50 % more pixels)."""
+    of 752 px rather than two whole tiles and a third moved back to the border (50 % more pixels)."""
     padded = _round_up(length, multiple)
     if length <= tile:
         return _Axis(length, padded, padded, (0,), (np.ones(padded, np.float32),))
     largest = tile // multiple * multiple
     overlap = min(_round_up(overlap, multiple), largest - multiple)
     count = -(-(padded - overlap) // (largest - overlap))
-    # one multiple of slack keeps every overlap ≥ ``overlap`` after the origins snap to the grid
-    size = min(largest, _round_up(-(-(padded + (count - 1) * overlap) // count), multiple) + multiple)
-    spacing = (padded - size) / (count - 1)
-    starts = tuple(sorted({min(padded - size, int(round(i * spacing / multiple)) * multiple) for i in range(count)}))
+    smallest = _round_up(-(-(padded + (count - 1) * overlap) // count), multiple)
+    # one multiple of slack when the origins, snapped to the grid, would leave an overlap under ``overlap``
+    for size in (min(largest, smallest), min(largest, smallest + multiple)):
+        spacing = (padded - size) / (count - 1)
+        starts = tuple(sorted({min(padded - size, int(round(i * spacing / multiple)) * multiple)
+                               for i in range(count)}))
+        if all(a + size - b >= overlap for a, b in zip(starts, starts[1:])):
+            break
     return _Axis(length, padded, size, starts, _windows(starts, size))
 
 
