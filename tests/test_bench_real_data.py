@@ -174,6 +174,28 @@ def test_the_command_runs_end_to_end_and_writes_the_tables(bench_out, capsys):
 
 
 @pytest.mark.slow
+def test_a_finished_run_is_scored_on_the_test_part_of_the_split(bench_out, capsys):
+    """`rdiff bench --data DIR --run RUN` scores any finished run as the benchmark does: the whole test
+    images of DIR's split by subject, the same numbers as the benchmark's own rows for that run."""
+    data, out, code = bench_out
+    assert code == 0
+    run = next((out / "runs").glob("adapt-*-s0-*"))
+    capsys.readouterr()
+    assert main(["bench", "--data", str(data), "--run", str(run)]) == 0
+    printed = capsys.readouterr().out
+    split = json.loads((out / "split.json").read_text())
+    assert f"; {len(split['test'])} held-out images;" in printed
+    lines = printed.splitlines()
+    column = next(line.split() for line in lines if "psnr" in line.split()).index("psnr")
+    psnr = {line[:26].strip(): float(line[26:].split()[column]) for line in lines
+            if line.startswith(("input", "adapted"))}
+    report = json.loads((out / "results.json").read_text())
+    rows = {(r["method"], r["path"]): r for r in report["rows"]}
+    assert psnr["input (degraded)"] == pytest.approx(rows[("input", None)]["metrics"]["psnr"]["mean"], abs=1e-3)
+    assert psnr["adapted fast *"] == pytest.approx(rows[("adapted", "fast")]["per_seed"]["psnr"][0], abs=1e-3)
+
+
+@pytest.mark.slow
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

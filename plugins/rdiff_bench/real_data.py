@@ -22,8 +22,8 @@
    images through the phase-1 model) and ``bicubic round trip`` (through an image of the latent's size).
 6. **Output**: ``OUT/results.json``, ``OUT/results.md`` (printed at the end too), ``OUT/grid.png``.
 
-:func:`evaluate_run` scores a run on the ``test`` part of the same split
-(from Python).
+:func:`evaluate_run` scores a run on the ``test`` part of the same split (from Python, or
+``rdiff bench --data DIR --run RUN``).
 """
 
 from __future__ import annotations
@@ -150,6 +150,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reconstruct-from", metavar="RUN", help="reuse this finished phase-1 run instead of training one")
     g.add_argument("--scratch", action="store_true",
                    help="also train the backbone from scratch on the pairs with the adaptation budget")
+    g.add_argument("--run", metavar="RUN", help="score this finished run on the test part of --data's split "
+                                                "(whole images, as the benchmark scores them) and print its table")
 
 
 # --- the split --------------------------------------------------------------------------------------------------
@@ -822,7 +824,7 @@ def write_grid(bench: RealBench, tests: list[Any]) -> Path | None:
     return path
 
 
-# --- rdiff evaluate --run RUN --data DIR --------------------------------------------------------------------------
+# --- rdiff bench --data DIR --run RUN ------------------------------------------------------------------------------
 
 
 def evaluate_run(run: Any, data: str, paths: list[str] | None = None) -> dict[str, Any]:
@@ -862,5 +864,20 @@ def evaluate_run(run: Any, data: str, paths: list[str] | None = None) -> dict[st
 
 def run(args: argparse.Namespace) -> int:
     """``rdiff bench --data DIR ...``: exit code 0 (bad input raises UserError, exit 2)."""
+    if args.run:
+        return score_run(args.run, args.data)
     RealBench(settings_from_args(args)).run()
+    return 0
+
+
+def score_run(run_dir: str, data: str) -> int:
+    """``rdiff bench --data DIR --run RUN``: the run's table on DIR's test part (:func:`evaluate_run`)."""
+    from rdiff.report import format_eval_table
+    from rdiff.run import Run
+
+    run = Run.load(run_dir)
+    report = evaluate_run(run, data)
+    say(f"scored '{run_dir}' on the test part of '{data}' ({report['split']['test']} of "
+        f"{sum(report['split'].values())} files, split by subject)")
+    print(format_eval_table(report))
     return 0
