@@ -367,16 +367,14 @@ def test_the_colour_fields_whole_image_statistics_ignore_the_black_background():
     on a larger black canvas (or with wider black corners) gets the same numbers."""
     import torch.nn.functional as F
 
-    from rdiff_adaptors.colour_field import FACTOR, whole_statistics
+    from rdiff_adaptors.colour_field import BACKGROUND, cell_statistics, whole_statistics
 
     torch.manual_seed(0)
     image = torch.rand(1, 3, 96, 128) * 0.8 + 0.1
     canvas = F.pad(image, (0, 64, 0, 96))
 
     def statistics(x):
-        mask = (x.amax(dim=1, keepdim=True) > 0.02).float()
-        coverage = F.avg_pool2d(mask, FACTOR)
-        means = F.avg_pool2d(x * mask, FACTOR) / coverage.clamp_min(1e-3)
+        means, _, coverage = cell_statistics(x, (x.amax(dim=1, keepdim=True) > BACKGROUND).float())
         return whole_statistics(means, coverage)
 
     assert torch.allclose(statistics(image), statistics(canvas), atol=1e-6)

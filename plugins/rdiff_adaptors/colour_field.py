@@ -67,16 +67,23 @@ class ColourField(nn.Module):
         pad_h, pad_w = -height % FACTOR, -width % FACTOR
         x = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
         mask = (x.amax(dim=1, keepdim=True) > BACKGROUND).to(x.dtype)
-        coverage = F.avg_pool2d(mask, FACTOR)
-        weight = coverage.clamp_min(1e-3)
-        mean = F.avg_pool2d(x * mask, FACTOR) / weight
-        std = (F.avg_pool2d(x * x * mask, FACTOR) / weight - mean**2).clamp_min(0).sqrt()
+        mean, std, coverage = cell_statistics(x, mask)
         coefficients = self.net(torch.cat([mean * 2 - 1, std * 4, coverage], dim=1))
         coefficients = coefficients + self.whole(whole_statistics(mean, coverage))[..., None, None]
         coefficients = F.interpolate(coefficients, scale_factor=FACTOR, mode="bilinear", align_corners=False)
         gain, offset = coefficients.chunk(2, dim=1)
         correction = (gain * x + offset) * mask  # the background stays as it is
         return correction[..., :height, :width]
+
+
+def cell_statistics(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per FACTOR×FACTOR cell of ``x`` (sides multiples of FACTOR): the mean and standard deviation of the
+    pixels ``mask`` keeps, and the fraction it keeps."""
+    coverage = F.avg_pool2d(mask, FACTOR)
+    weight = coverage.clamp_min(1e-3)
+    mean = F.avg_pool2d(x * mask, FACTOR) / weight
+    std = (F.avg_pool2d(x * x * mask, FACTOR) / weight - mean**2).clamp_min(0).sqrt()
+    return mean, std, coverage
 
 
 def whole_statistics(cell_means: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:

@@ -830,7 +830,7 @@ def write_grid(bench: RealBench, tests: list[Any]) -> Path | None:
 def evaluate_run(run: Any, data: str, paths: list[str] | None = None) -> dict[str, Any]:
     """The run scored on the ``test`` part of DIR's split by subject (:func:`split_folder`): whole images at
     the run's working scale, degraded by its modality's simulator with the seed ``(eval.seed, index)``."""
-    from rdiff.evaluation import named_paths, sampling_settings
+    from rdiff.evaluation import named_paths, sampling_settings, with_default
 
     cfg = run.config
     split = split_folder(run.modality, data)
@@ -854,9 +854,7 @@ def evaluate_run(run: Any, data: str, paths: list[str] | None = None) -> dict[st
     if run.backbone.adaptor is not None and "fast" in options:
         with run.backbone.base_only():
             report["reconstruct_only"] = scored(enhancer(run, options["fast"]), "reconstruct-only")
-    chosen = cfg.eval.path if cfg.eval.path in report["paths"] else next(iter(report["paths"]))
-    report["default_path"], report["enhanced"] = chosen, report["paths"][chosen]
-    return report
+    return with_default(report, run.backbone, cfg)
 
 
 # --- entry point ----------------------------------------------------------------------------------------------------
