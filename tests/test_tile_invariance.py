@@ -62,6 +62,7 @@ def test_tiles_are_spread_evenly_and_few():
         assert axis.starts[0] == 0 and ends[-1] == axis.padded and axis.size <= max(tile, axis.padded)
         shared = [ends[i] - axis.starts[i + 1] for i in range(len(axis.starts) - 1)]
         assert all(s >= overlap for s in shared)  # neighbours always share at least the overlap
+        assert all(s <= overlap + 2 * 16 for s in shared)  # and not much more: the grid's rounding only
         # never more pixels than one extra overlap per cut, plus rounding to the size multiple
         assert axis.size * len(axis.starts) <= axis.padded + len(shared) * (overlap + 2 * 16) + 16
 

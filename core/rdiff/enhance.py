@@ -242,18 +242,29 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     For backbones whose networks run in several places per image (encoder, denoiser at every sampling
     step, decoder): each network is tiled on its own, so an iterative path works on one whole latent and
     its steps cannot drift apart where tiles overlap (see :meth:`rdiff.Reconstructor.tiles_itself`).
+
+    ``fn`` gets each tile (or the whole ``x``) as a contiguous channels-last tensor. rdiff's networks
+    normalise over channels in channels-last (:class:`rdiff_layers.ChannelNorm`) and their convolutions
+    keep the layout they are given, so a channels-first input is converted back and forth around every
+    norm and residual sum: on one CPU thread ldm-unet tiny's decoder took 20 % and its encoder 25 % longer
+    per pixel. (In a plain ``D(E(x))`` only the encoder pays: the latent it hands the decoder is
+    channels-last already.)
     """
     height, width = x.shape[-2:]
     if height <= tile and width <= tile:
-        return fn(x)
+        return fn(x.contiguous(memory_format=torch.channels_last))
     rows, cols = _plan_axis(height, tile, overlap, multiple), _plan_axis(width, tile, overlap, multiple)
     out = weight = None
     for i, y in enumerate(rows.starts):
         for j, x0 in enumerate(cols.starts):
-            piece = fn(x[..., y:y + rows.size, x0:x0 + cols.size])
+            part = x[..., y:y + rows.size, x0:x0 + cols.size].contiguous(memory_format=torch.channels_last)
+            piece = fn(part)
             scale = piece.shape[-2] / rows.size
             if out is None:
-                out = piece.new_zeros((*piece.shape[:2], round(height * scale), round(width * scale)))
+                # kept in the pieces' (channels-last) layout: adding a piece in needs no transpose, and
+                # neither does cutting the next network's tiles from the result
+                shape = (*piece.shape[:2], round(height * scale), round(width * scale))
+                out = piece.new_zeros(shape).contiguous(memory_format=torch.channels_last)
                 weight = piece.new_zeros((1, 1, *out.shape[-2:]))
                 size_y, size_x = round(rows.size * scale), round(cols.size * scale)
                 starts_y = tuple(round(v * scale) for v in rows.starts)
@@ -264,7 +275,7 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
             ys, xs = starts_y[i], starts_x[j]
             out[..., ys:ys + size_y, xs:xs + size_x] += piece * window
             weight[..., ys:ys + size_y, xs:xs + size_x] += window
-    return out / weight
+    return out.div_(weight)
 
 
 def _cut_tile(image: np.ndarray, y: int, x: int, height: int, width: int) -> np.ndarray:
