@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rdiff.cli import main
+from rdiff.data import degraded_images
 from rdiff.images import write_image
 from rdiff_bench import real_data
 
@@ -79,7 +80,7 @@ def test_test_images_are_scored_whole_at_the_working_scale(tmp_path):
 
     modality = rdiff.create_modality("photo")
     files = _photos(tmp_path, 3, size=(150, 200))
-    tests = real_data.test_pairs(modality, files, 96, seed=7)
+    tests = degraded_images(modality, files, 96, seed=7)
     seen = []
 
     def produce(pair):
@@ -92,7 +93,7 @@ def test_test_images_are_scored_whole_at_the_working_scale(tmp_path):
     assert result["psnr"] > 60  # the clean image against itself
     assert "by_type" in result and all(result["by_type"].values())
     # the same seed degrades the same way: the test set is fixed
-    again = real_data.test_pairs(modality, files, 96, seed=7)
+    again = degraded_images(modality, files, 96, seed=7)
     assert all(np.array_equal(a.lq, b.lq) and a.params == b.params for a, b in zip(tests, again))
 
 

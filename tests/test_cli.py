@@ -30,6 +30,25 @@ def test_train_then_evaluate(trained, capsys):
     assert "input (degraded)" in table and "adapted fast *" in table and "2 held-out crops" in table
 
 
+def test_evaluate_data_scores_each_image_of_the_folder_whole(trained, tmp_path, capsys, monkeypatch):
+    from rdiff.images import write_image
+    from rdiff.run import Run
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "heldout"
+    for name, size in (("a.png", (40, 56)), ("b.png", (48, 48))):
+        write_image(folder / name, rng.random((*size, 3), dtype=np.float32))
+    seen = []
+    enhance = Run.enhance
+    monkeypatch.setattr(Run, "enhance", lambda self, image, **kw: seen.append(image.shape) or enhance(self, image, **kw))
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), "--data", str(folder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and {"psnr", "ssim"} <= set(result["paths"]["fast"])
+    assert sorted(seen) == [(40, 56, 3), (48, 48, 3)]  # once per image, whole: no crops
+    assert main(["evaluate", "--run", str(trained), "--data", str(tmp_path / "none")]) == 2
+
+
 def test_an_existing_run_is_never_overwritten(trained, capsys):
     assert main(["train", *TOY, "--out", str(trained)]) == 2
     assert "already holds a run; pass --resume" in capsys.readouterr().err

@@ -263,6 +263,35 @@ def test_adaptation_loss_trains_the_adaptor_and_starts_at_the_base(name):
         assert torch.equal(backbone.enhance(lq, path="fast"), base)
 
 
+def test_detail_loss_asks_for_the_clean_detail_at_its_strength_and_place():
+    from torchvision.transforms.functional import gaussian_blur
+
+    from rdiff_ldm_unet.autoencoder import detail_loss
+
+    texture = gaussian_blur(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)), [5, 5], [1.0, 1.0])
+    clean = images(seed=3) + 0.1 * texture  # waves with fine detail on them
+    smooth = gaussian_blur(clean, [13, 13], [2.0, 2.0])
+    faded = smooth + 0.5 * (clean - smooth)  # the detail a squared error settles on under uncertainty
+    moved = smooth + torch.roll(clean - smooth, shifts=(5, 5), dims=(-2, -1))  # as strong, elsewhere
+    same = float(detail_loss(clean, clean))
+    assert same < 1e-3
+    assert float(detail_loss(clean + 0.1, clean)) == pytest.approx(same, abs=1e-4)  # brightness is not detail
+    assert float(detail_loss(faded, clean)) > same + 0.01
+    assert float(detail_loss(moved, clean)) > float(detail_loss(faded, clean))
+
+
+def test_detail_loss_reaches_the_encoders_adaptor_through_the_frozen_decoder():
+    backbone = rdiff.create_backbone("ldm-unet", preset="tiny", detail_loss_weight=20.0, diffusion_loss_weight=0.0)
+    backbone.load_state_dict(_state("ldm-unet"))
+    hq = images(seed=1)
+    adaptor = ToyResidualAdaptor(backbone)
+    loss, logs = backbone.adaptation_loss(hq * 0.6, hq, roi_of(hq))
+    assert "detail" in logs and logs["detail"] > 0
+    loss.backward()
+    assert all(p.grad is None for p in backbone.parameters())  # the decoder it passes through stays frozen
+    assert any(layer.weight.grad.abs().sum() > 0 for key, layer in adaptor.layers.items() if key.startswith("autoencoder__"))
+
+
 def test_lora_targets_exist_in_tiny_and_paper_networks():
     with torch.device("meta"):
         paper = rdiff.create_backbone("ldm-unet", preset="paper")

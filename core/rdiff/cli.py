@@ -331,11 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a run on held-out data or real pairs")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--data", help="folder of clean images: held-out crops of all of them, degraded by the run's "
-                                  "modality (whole test images of a split by subject: rdiff bench --data)")
+    p.add_argument("--data", help="folder of clean held-out images: each scored whole at the run's working scale, "
+                                  "degraded by the run's modality (a folder split by subject: rdiff bench --data)")
     p.add_argument("--pairs", help="folder with lq/ and hq/: real pairs, scored whole at native resolution")
     p.add_argument("--crops", type=int,
-                   help="number of held-out crops (default: the run's eval.crops; not used with --data)")
+                   help="number of embedded held-out crops (default: the run's eval.crops; not used with --data or --pairs)")
     p.add_argument("--paths", help="comma-separated paths to score (default: all), e.g. fast,ddim10")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--reconstruct-only", action="store_true", help="score the phase-1 model alone, without the adaptor")

@@ -154,6 +154,22 @@ def load_pair_folder(modality: Modality, folder: str, resize: int | None) -> lis
     return pairs
 
 
+def degraded_images(modality: Modality, files: list[Path], resize: int | None, seed: int) -> list[Pair]:
+    """Each file's images at the working scale ``resize``, whole, degraded by the modality's simulator with
+    the seed ``(seed, index)`` (the same files and seed give the same test set); the degradation's
+    parameters (and their ``types``) are kept."""
+    pairs, index = [], 0
+    for path in files:
+        for k, image in enumerate(modality.read_stack(path)):
+            clean = resize_longest(image, resize).astype(np.float32)
+            roi = modality.roi(clean)
+            degraded, params = modality.degrade(clean, roi, np.random.default_rng([seed, index]))
+            pairs.append(Pair(np.clip(degraded, 0, 1).astype(np.float32), clean, roi, params,
+                              str(path) if k == 0 else f"{path}[{k}]"))
+            index += 1
+    return pairs
+
+
 # --- cropping ------------------------------------------------------------------------------------------------
 
 

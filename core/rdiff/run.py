@@ -219,23 +219,28 @@ class Run:
 
     def evaluate(self, *, data: str | None = None, pairs: str | None = None, crops: int | None = None,
                  paths: list[str] | None = None) -> dict[str, Any]:
-        """Score the run: held-out crops (embedded or ``data``), or whole real ``pairs`` at native resolution."""
-        from rdiff.data import load_pair_folder, to_tensor
+        """Score the run. Without ``data`` or ``pairs``: the embedded held-out crops (``crops`` of them).
+        ``data``: every image of that folder, whole, at the run's working scale, degraded by the modality's
+        simulator with the seed ``(eval.seed, index)``. ``pairs``: whole real pairs at native resolution.
+        Whole images are enhanced one by one (tiled as ``rdiff enhance`` tiles them)."""
+        from rdiff.data import degraded_images, load_pair_folder, to_tensor
         from rdiff.evaluation import evaluate, heldout_pairs, local_metrics, named_paths, score, with_default
+        from rdiff.images import list_images
 
         cfg = self.config
         device = next(self.backbone.parameters()).device
-        if pairs is None:
-            held = heldout_pairs(self.modality, cfg, data=data, split="all" if data is not None else "heldout",
-                                 crops=crops)
+        if pairs is None and data is None:
+            held = heldout_pairs(self.modality, cfg, split="heldout", crops=crops)
             return evaluate(self.backbone, self.modality, held, config=cfg, device=device, paths=paths)
-        real = load_pair_folder(self.modality, pairs, resize=None)  # native resolution
+        whole = (load_pair_folder(self.modality, pairs, resize=None) if pairs is not None
+                 else degraded_images(self.modality, list_images(data, self.modality.suffixes), cfg.train.resize,
+                                      cfg.eval.seed))
         names = [n for n in named_paths(self.backbone, sampling_settings(cfg)) if not paths or n in paths]
-        report: dict[str, Any] = {"images": len(real), "input": score(self.modality, real, lambda lq: lq, device, 1)}
+        report: dict[str, Any] = {"images": len(whole), "input": score(self.modality, whole, lambda lq: lq, device, 1)}
         report["paths"] = {}
-        for name in names:  # whole images enhanced tile by tile (each pair may have its own size)
+        for name in names:  # each image may have its own size
             metrics = local_metrics(self.modality.metrics())
-            for pair in real:
+            for pair in whole:
                 out = self.enhance(pair.lq, roi=pair.roi, path=name)
                 metrics.update(to_tensor(out)[None], to_tensor(pair.hq)[None], to_tensor(pair.roi)[None])
             report["paths"][name] = {k: round(float(v), 4) for k, v in metrics.compute().items()}

@@ -193,25 +193,6 @@ def _link_folder(files: list[Path], root: Path, folder: Path) -> Path:
 # --- the test set -----------------------------------------------------------------------------------------------
 
 
-def test_pairs(modality: Any, files: list[Path], resize: int | None, seed: int) -> list[Any]:
-    """Each file's images at the working scale, whole, degraded by the modality's simulator with the seed
-    ``(seed, index)``; the degradation's parameters (and their ``types``) are kept."""
-    import numpy as np
-
-    from rdiff.data import Pair, resize_longest
-
-    pairs, index = [], 0
-    for path in files:
-        for k, image in enumerate(modality.read_stack(path)):
-            clean = resize_longest(image, resize).astype(np.float32)
-            roi = modality.roi(clean)
-            degraded, params = modality.degrade(clean, roi, np.random.default_rng([seed, index]))
-            pairs.append(Pair(np.clip(degraded, 0, 1).astype(np.float32), clean, roi, params,
-                              str(path) if k == 0 else f"{path}[{k}]"))
-            index += 1
-    return pairs
-
-
 def real_pairs(modality: Any, folder: str, resize: int | None) -> list[Any]:
     """A folder's real pairs at the working scale (whole images)."""
     from rdiff.data import load_pair_folder
@@ -491,7 +472,9 @@ class RealBench:
     def test_set(self, resize: int | None, seed: int, split: dict[str, list[Path]]) -> list[Any]:
         if self.s.test:
             return real_pairs(self.modality, self.s.test, resize)
-        return test_pairs(self.modality, split["test"], resize, seed)
+        from rdiff.data import degraded_images
+
+        return degraded_images(self.modality, split["test"], resize, seed)
 
     # -- rows that train nothing ----------------------------------------------------------------------------
     def adaptation_pairs(self, config: Any, pairs_dir: Path, seed: int) -> list[Any]:
@@ -830,11 +813,12 @@ def write_grid(bench: RealBench, tests: list[Any]) -> Path | None:
 def evaluate_run(run: Any, data: str, paths: list[str] | None = None) -> dict[str, Any]:
     """The run scored on the ``test`` part of DIR's split by subject (:func:`split_folder`): whole images at
     the run's working scale, degraded by its modality's simulator with the seed ``(eval.seed, index)``."""
+    from rdiff.data import degraded_images
     from rdiff.evaluation import named_paths, sampling_settings, with_default
 
     cfg = run.config
     split = split_folder(run.modality, data)
-    tests = test_pairs(run.modality, split["test"], cfg.train.resize, cfg.eval.seed)
+    tests = degraded_images(run.modality, split["test"], cfg.train.resize, cfg.eval.seed)
     options = {name: {"path": name} for name in named_paths(run.backbone, sampling_settings(cfg))}
     if paths:
         unknown = [p for p in paths if p not in options]

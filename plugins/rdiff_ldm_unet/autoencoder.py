@@ -240,6 +240,41 @@ def ssim_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return 1.0 - structural_similarity_index_measure(reconstruction.float(), target.float(), data_range=1.0)
 
 
+# Fine detail for detail_loss: the band an image loses to a Gaussian blur (sigma, kernel size; px at the
+# working scale), its amplitude and alignment measured over a Gaussian window. The band keeps the vessels
+# of a 256-px fundus image (1-3 px wide); a band of sigma 1 raised vessel Dice less (0.34 against 0.35).
+DETAIL_BAND = (2.0, 13)
+DETAIL_WINDOW = (2.0, 9)
+# weight of the misalignment term against the amplitude term; the amplitude term alone makes texture of
+# the right strength in the wrong places (on held-out IDRiD, seed 0: vessel precision 0.92 -> 0.73)
+DETAIL_ALIGNMENT = 0.2
+
+
+def _blur(images: torch.Tensor, blur: tuple[float, int]) -> torch.Tensor:
+    from torchvision.transforms.functional import gaussian_blur
+
+    sigma, size = blur
+    return gaussian_blur(images, [size, size], [sigma, sigma])
+
+
+def detail_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How far ``output``'s fine detail is from ``target``'s in local amplitude and in alignment, not in
+    value: per channel, the band ``x - G(x)``; its local amplitude ``a = sqrt(G(band²))``; the loss is
+    ``|a_out - a_target|`` plus ``DETAIL_ALIGNMENT × (1 - local correlation of the two bands)``, averaged.
+
+    Why not a squared error on the band: under uncertainty (noise, blur) a squared error is smallest for
+    the *mean* of the plausible details, which is fainter than any of them, so the enhanced image's vessels
+    fade (a blur of sigma 1 px costs 0.6 of vessel Dice at 36 dB). Matching the amplitude asks for detail of
+    the clean image's strength; the correlation asks for it where the clean image has it.
+    """
+    band_out = output - _blur(output, DETAIL_BAND)
+    band_target = target - _blur(target, DETAIL_BAND)
+    amplitude_out = (_blur(band_out ** 2, DETAIL_WINDOW) + 1e-6).sqrt()
+    amplitude_target = (_blur(band_target ** 2, DETAIL_WINDOW) + 1e-6).sqrt()
+    correlation = _blur(band_out * band_target, DETAIL_WINDOW) / (amplitude_out * amplitude_target)
+    return (amplitude_out - amplitude_target).abs().mean() + DETAIL_ALIGNMENT * (1 - correlation).mean()
+
+
 class PatchDiscriminator(nn.Module):
     """A PatchGAN discriminator (pix2pix): one real/fake logit per overlapping image patch."""
 

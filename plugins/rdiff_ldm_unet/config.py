@@ -17,7 +17,8 @@ class LatentConfig:
 
     # keys that steer phase 2 only: adapting a pretrained phase 1 may change them (rdiff.pretrained.check_model)
     ADAPTATION_KEYS: ClassVar[frozenset[str]] = frozenset({"encoder_loss_weight", "diffusion_loss_weight",
-                                                           "image_loss_weight", "adapt_crop"})
+                                                           "image_loss_weight", "adapt_crop",
+                                                           "detail_loss_weight"})
 
     # --- latent autoencoder (phase-1 stage "autoencoder") ---
     autoencoder: Literal["vq", "kl"] = "vq"  # vq: diffusers VQModel as in the paper; kl: AutoencoderKL
@@ -52,6 +53,7 @@ class LatentConfig:
     encoder_loss_weight: float = 1.0  # |E(hq) - E'(lq)| + |E(hq) - E'(hq)| on latents
     diffusion_loss_weight: float = 1.0  # adapted denoiser's diffusion loss, condition E'(lq), target E(hq)
     image_loss_weight: float = 10.0  # with image_skip: squared error inside the roi between the corrected lq (and hq) and hq, for an adaptor on the input image
+    detail_loss_weight: float = 0.0  # phase 2, fast path: the decoded adapted crop must carry the clean crop's fine detail, at its local amplitude and aligned with it (autoencoder.detail_loss); 0: off, as in the paper
     adapt_crop: int = 0  # phase 2: the encoder and denoiser adaptors learn on a random crop of this side cut from each (larger) adaptation crop, which the input-image adaptor sees whole; 0: the whole crop
 
 

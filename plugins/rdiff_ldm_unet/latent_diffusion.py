@@ -27,8 +27,8 @@ from torch import nn
 
 from rdiff import AdaptationTarget, Reconstructor, UserError
 from rdiff.errors import did_you_mean
-from rdiff_ldm_unet.autoencoder import (AutoencoderLoss, build_autoencoder, decode_raw, downsampling_factor,
-                                        enable_gradient_checkpointing, encode_raw, encoder_adaptation_targets,
+from rdiff_ldm_unet.autoencoder import (AutoencoderLoss, build_autoencoder, decode_raw, detail_loss,
+                                        downsampling_factor, enable_gradient_checkpointing, encode_raw, encoder_adaptation_targets,
                                         encoder_lora_targets, image_adaptation_targets, latent_std)
 from rdiff_ldm_unet.config import LatentConfig
 
@@ -203,6 +203,10 @@ class LatentDiffusion(Reconstructor):
         # denoiser's from the diffusion loss (the two adaptors of the paper)
         loss = loss + self.config.encoder_loss_weight * encoder
         logs["encoder"] = float(encoder.detach())
+        if self.config.detail_loss_weight:  # through the frozen decoder: the fast path's output itself
+            detail = detail_loss(self.decode(adapted_lq), hq_crop)
+            loss = loss + self.config.detail_loss_weight * detail
+            logs["detail"] = float(detail.detach())
         if self.config.diffusion_loss_weight:  # 0: the fast path only, the denoiser's adaptors stay at zero
             diffusion = self.diffusion_loss(target, adapted_lq.detach())
             loss = loss + self.config.diffusion_loss_weight * diffusion
