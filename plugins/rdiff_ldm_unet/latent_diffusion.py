@@ -28,8 +28,9 @@ from torch import nn
 from rdiff import AdaptationTarget, Reconstructor, UserError
 from rdiff.errors import did_you_mean
 from rdiff_ldm_unet.autoencoder import (AutoencoderLoss, build_autoencoder, decode_raw, detail_loss,
-                                        downsampling_factor, enable_gradient_checkpointing, encode_raw, encoder_adaptation_targets,
-                                        encoder_lora_targets, image_adaptation_targets, latent_std)
+                                        downsampling_factor, enable_gradient_checkpointing, encode_raw,
+                                        encoder_adaptation_targets, encoder_lora_targets, image_adaptation_targets,
+                                        latent_std)
 from rdiff_ldm_unet.config import LatentConfig
 
 
@@ -179,7 +180,8 @@ class LatentDiffusion(Reconstructor):
     def adaptation_loss(self, lq: torch.Tensor, hq: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Input image (where an adaptor acts on it): the corrected ``lq`` and ``hq`` must match ``hq``
         inside ``roi`` (squared error); encoder: degraded images must land on the clean image's original latent and
-        clean images stay where they were; denoiser: the diffusion loss conditioned on the adapted latent of
+        clean images stay where they were (with ``detail_loss_weight``, the decoded adapted crop must also carry
+        the clean crop's fine detail, :func:`~rdiff_ldm_unet.autoencoder.detail_loss`); denoiser: the diffusion loss conditioned on the adapted latent of
         ``lq``. Encoder and denoiser see a random ``adapt_crop`` of the corrected images: the image
         adaptor needs the wide view to tell illumination from anatomy, the res-block adaptors do not."""
         corrected_lq, corrected_hq = self.correct(lq), self.correct(hq)
