@@ -264,8 +264,8 @@ def detail_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Why not a squared error on the band: under uncertainty (noise, blur) a squared error is smallest for
     the *mean* of the plausible details, which is fainter than any of them, so the enhanced image's vessels
-    fade (the clean image blurred by sigma 1 px keeps 0.44 of vessel Dice, at 36 dB). Matching the amplitude asks for detail of
-    the clean image's strength; the correlation asks for it where the clean image has it.
+    fade (the clean image blurred by sigma 1 px keeps 0.44 of vessel Dice, at 36 dB). Matching the amplitude
+    asks for detail of the clean image's strength; the correlation asks for it where the clean image has it.
     """
     band_out = output - _blur(output, DETAIL_BAND)
     band_target = target - _blur(target, DETAIL_BAND)
