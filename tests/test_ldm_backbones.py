@@ -292,6 +292,21 @@ def test_detail_loss_reaches_the_encoders_adaptor_through_the_frozen_decoder():
     assert any(layer.weight.grad.abs().sum() > 0 for key, layer in adaptor.layers.items() if key.startswith("autoencoder__"))
 
 
+def test_autoencoder_stage_adds_the_detail_term_at_its_weight():
+    """Phase 1 of the tiny preset asks for the clean image's fine detail too (model.detail_weight): without
+    it, the image-skip autoencoder settled at 37 dB on unseen photographs and lost the finest vessels."""
+    clean = images(seed=2)
+    losses = {}
+    for weight in (0.0, 2.0):
+        backbone = rdiff.create_backbone("ldm-unet", preset="tiny", detail_weight=weight)
+        backbone.load_state_dict(_state("ldm-unet"))
+        torch.manual_seed(0)  # the same posterior sample for both
+        losses[weight] = backbone.reconstruction_loss("autoencoder", clean, roi_of(clean))
+    (off, off_logs), (on, on_logs) = losses[0.0], losses[2.0]
+    assert "detail" not in off_logs and on_logs["detail"] > 0
+    assert float((on - off).detach()) == pytest.approx(on_logs["detail"], rel=1e-4)
+
+
 def test_lora_targets_exist_in_tiny_and_paper_networks():
     with torch.device("meta"):
         paper = rdiff.create_backbone("ldm-unet", preset="paper")

@@ -90,6 +90,35 @@ def test_pretrained_that_cannot_be_meant_is_one_clear_sentence():
         rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus", latent_channels=8)
 
 
+def test_a_checkpoint_is_built_with_its_own_model_section_not_its_presets(tmp_path, monkeypatch):
+    """A preset may move on (a new phase-1 loss weight) after a checkpoint was made; the checkpoint still
+    loads as it was trained, in Python and with ``rdiff train --pretrained``, and a changed key is refused."""
+    import shutil
+
+    import yaml
+
+    from rdiff import pretrained as shipped
+    from rdiff.cli import build_parser, train_config
+    from rdiff.pretrained import Pretrained
+
+    folder = tmp_path / "tiny-fundus"
+    shutil.copytree(get_pretrained("ldm-unet.tiny-fundus").directory, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["model"]["ssim_weight"] = 0.5  # what the preset does not say
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    older = Pretrained("ldm-unet.tiny-fundus", "ldm-unet", "tiny", "fundus", folder, "ldm-unet")
+    monkeypatch.setattr(shipped, "_registered", lambda: {older.name: older})
+
+    assert rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus").config.ssim_weight == 0.5
+    args = build_parser().parse_args(["train", "--backbone", "ldm-unet", "--modality", "fundus", "--preset",
+                                      "tiny", "--pretrained"])
+    resolved, phases = train_config(args)
+    assert resolved.model["ssim_weight"] == 0.5 and phases == ("adapt",)
+    assert resolved.reconstruct_from == str(folder)
+    with pytest.raises(rdiff.UserError, match="trained with model.ssim_weight=0.5, not 0.2"):
+        rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus", ssim_weight=0.2)
+
+
 def test_adapt_from_pretrained_on_the_command_line(tmp_path):
     out = tmp_path / "adapted"
     result = rdiff_cli("adapt", "--from", "pretrained:ldm-unet.tiny-fundus", "--out", str(out),

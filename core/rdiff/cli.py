@@ -87,8 +87,10 @@ def train_config(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstru
     if getattr(args, "pretrained", False):
         from rdiff import pretrained as shipped
 
+        # the checkpoint's model section under the user's layers: a key the user changes is refused by name
         checkpoint = shipped.find(config.backbone, config.preset, config.modality)
-        shipped.check_model(checkpoint, config.model)
+        layers = [{"model": checkpoint.config.get("model", {})}, *layers]
+        shipped.check_model(checkpoint, resolve_config(layers).model)
         config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
         phases = ("adapt",)
     return config, phases

@@ -309,7 +309,8 @@ def _lpips_weight_files(net: str) -> list[Path]:
 
 
 class AutoencoderLoss(nn.Module):
-    """L1 + (1 - SSIM) + codebook (VQ) or KL term, optionally LPIPS and a PatchGAN (hinge) adversary.
+    """L1 + (1 - SSIM) + codebook (VQ) or KL term, optionally the detail term, LPIPS and a PatchGAN (hinge)
+    adversary.
 
     The discriminator, when on, is a submodule trained in the same stage: its hinge loss and the
     autoencoder's adversarial loss are summed into one scalar whose gradients reach each side only
@@ -359,6 +360,7 @@ class AutoencoderLoss(nn.Module):
         reconstruction = (reconstruction + 1) / 2
         parts = {"l1": config.l1_weight * (reconstruction - clean).abs().mean(),
                  "ssim": config.ssim_weight * ssim_loss(reconstruction, clean) if config.ssim_weight else None,
+                 "detail": config.detail_weight * detail_loss(reconstruction, clean) if config.detail_weight else None,
                  "codebook" if isinstance(autoencoder, VQModel) else "kl": regulariser}
         if self.lpips is not None:
             self.lpips.to(clean.device)

@@ -43,6 +43,7 @@ class LatentConfig:
     ssim_weight: float = 0.2  # weight of 1 - SSIM (structure, independent of brightness)
     codebook_weight: float = 1.0  # vq only: codebook + commitment loss
     kl_weight: float = 1.0e-6  # kl only: KL divergence to the unit Gaussian
+    detail_weight: float = 0.0  # the reconstruction's fine detail at the clean image's local amplitude and place (autoencoder.detail_loss)
     lpips_weight: float = 0.0  # perceptual loss; needs the LPIPS backbone weights present locally (never downloaded)
     lpips_net: Literal["vgg", "alex", "squeeze"] = "vgg"  # LPIPS backbone (the paper's VQGAN loss used vgg)
     gan_weight: float = 0.0  # PatchGAN adversarial loss (hinge); 0 switches the discriminator off
