@@ -89,9 +89,9 @@ def train_config(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstru
 
         # the checkpoint's model section under the user's layers: a key the user changes is refused by name
         checkpoint = shipped.find(config.backbone, config.preset, config.modality)
-        layers = [{"model": checkpoint.config.get("model", {})}, *layers]
-        shipped.check_model(checkpoint, resolve_config(layers).model)
-        config = resolve_config([*layers, {"reconstruct_from": str(checkpoint.directory)}])
+        config = resolve_config([{"model": checkpoint.config.get("model", {})}, *layers,
+                                 {"reconstruct_from": str(checkpoint.directory)}])
+        shipped.check_model(checkpoint, config.model)
         phases = ("adapt",)
     return config, phases
 
