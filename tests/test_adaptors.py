@@ -379,3 +379,24 @@ def test_the_colour_fields_whole_image_statistics_ignore_the_black_background():
 
     assert torch.allclose(statistics(image), statistics(canvas), atol=1e-6)
     assert not torch.allclose(statistics(image), statistics(image * 0.7), atol=1e-3)  # yet it sees the image
+
+
+def test_early_stopping_keeps_the_modality_s_own_psnr():
+    """Validation scores PSNR alone (a Frangi vessel map per validation would cost a quarter of it), but
+    the modality's PSNR — for fundus inside the field of view without its rim — so the adaptor kept is the
+    one the report's PSNR would pick."""
+    import numpy as np
+    import torch
+
+    from rdiff.data import Item, degraded_crops
+    from rdiff.evaluation import enhancer, score, validation_psnr
+
+    modality = rdiff.create_modality("fundus")
+    image = np.asarray(modality.sample_images("train")[0], np.float32)
+    pairs = degraded_crops(modality, [Item(image, modality.roi(image), "sample")], 64, 3, seed=0)
+    backbone = rdiff.create_backbone("cnn-ae", preset="tiny")
+    choice = backbone.resolve_path("fast")
+    device = torch.device("cpu")
+    full = score(modality, pairs, enhancer(backbone, choice, device, 0), device, by_type=False)
+    assert set(full) >= {"psnr", "vessel_dice"}
+    assert validation_psnr(backbone, modality, pairs, choice, device, 0) == pytest.approx(full["psnr"], abs=1e-3)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import rdiff
 from rdiff.pretrained import get_pretrained, list_pretrained
@@ -105,15 +106,19 @@ def test_a_checkpoint_is_built_with_its_own_model_section_not_its_presets(tmp_pa
     shutil.copytree(get_pretrained("ldm-unet.tiny-fundus").directory, folder)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     config["model"]["ssim_weight"] = 0.5  # what the preset does not say
+    config["model"]["detail_loss_weight"] = 7.0  # a phase-2 key: adapting takes the preset's, not the checkpoint's
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     older = Pretrained("ldm-unet.tiny-fundus", "ldm-unet", "tiny", "fundus", folder, "ldm-unet")
     monkeypatch.setattr(shipped, "_registered", lambda: {older.name: older})
 
-    assert rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus").config.ssim_weight == 0.5
+    preset_detail = rdiff.get_preset("ldm-unet", "tiny")["model"].get("detail_loss_weight", 0.0)
+    built = rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus").config
+    assert built.ssim_weight == 0.5 and built.detail_loss_weight == preset_detail != 7.0
     args = build_parser().parse_args(["train", "--backbone", "ldm-unet", "--modality", "fundus", "--preset",
                                       "tiny", "--pretrained"])
     resolved, phases = train_config(args)
     assert resolved.model["ssim_weight"] == 0.5 and phases == ("adapt",)
+    assert resolved.model["detail_loss_weight"] == preset_detail
     assert resolved.reconstruct_from == str(folder)
     with pytest.raises(rdiff.UserError, match="trained with model.ssim_weight=0.5, not 0.2"):
         rdiff.create_backbone("ldm-unet", preset="tiny", pretrained="fundus", ssim_weight=0.2)
@@ -127,6 +132,10 @@ def test_adapt_from_pretrained_on_the_command_line(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["eval"]["enhanced"]["psnr"] > 0
     assert rdiff.load_run(out).adapted
+    # adapted as `rdiff train --pretrained` adapts: with the phase-2 settings of the preset in use now
+    used, preset = yaml.safe_load((out / "config.yaml").read_text()), rdiff.get_preset("ldm-unet", "tiny")
+    assert used["train"]["adapt_lr"] == preset["train"]["adapt_lr"]
+    assert used["model"]["detail_loss_weight"] == preset["model"].get("detail_loss_weight", 0.0)
     missing = rdiff_cli("adapt", "--from", "pretrained:ldm-unet.tiny-nothing", "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "no pretrained weights" in missing.stderr and "Traceback" not in missing.stderr
 

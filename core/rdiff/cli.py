@@ -87,9 +87,10 @@ def train_config(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstru
     if getattr(args, "pretrained", False):
         from rdiff import pretrained as shipped
 
-        # the checkpoint's model section under the user's layers: a key the user changes is refused by name
+        # the checkpoint's phase-1 model section under the user's layers: a key the user changes is refused
+        # by name; phase 2's keys come from the preset
         checkpoint = shipped.find(config.backbone, config.preset, config.modality)
-        config = resolve_config([{"model": checkpoint.config.get("model", {})}, *layers,
+        config = resolve_config([{"model": shipped.phase1_model(checkpoint)}, *layers,
                                  {"reconstruct_from": str(checkpoint.directory)}])
         shipped.check_model(checkpoint, config.model)
         phases = ("adapt",)
@@ -144,7 +145,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         source = Path(args.source)
     if not (source / "config.yaml").is_file():
         raise UserError(f"--from '{source}' is not an rdiff run directory (it has no config.yaml).")
-    base = to_dict(build(RunConfig, load_yaml(source / "config.yaml")))
+    if args.source.startswith(shipped.PREFIX):  # adapted as `rdiff train --pretrained` adapts it
+        base = to_dict(resolve_config([{"backbone": checkpoint.backbone, "preset": checkpoint.preset,
+                                        "modality": checkpoint.modality, "model": shipped.phase1_model(checkpoint)}]))
+    else:
+        base = to_dict(build(RunConfig, load_yaml(source / "config.yaml")))
     out = Path(args.out) if args.out else source
     note = None
     if args.resume and (out / "config.yaml").is_file() and args.out:
@@ -204,10 +209,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        if r["status"] == "ok":
-            print(f"{r['name']:<12} {r['distribution'] or '-'} {r['version'] or ''}  ({r['module']}): {', '.join(r['hooks'])}")
-        else:
-            print(f"{r['name']:<12} BROKEN: {r['error']}")
+        print(f"{r['name']:<12} {r['distribution'] or '-'} {r['version'] or ''}  ({r['module']}): {', '.join(r['hooks'])}"
+              if r["status"] == "ok" else f"{r['name']:<12} BROKEN: {r['error']}")
     return 0
 
 

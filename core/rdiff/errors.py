@@ -33,24 +33,14 @@ class TrainingStopped(Exception):
 # the temporary names atomic writes use (rdiff.images.temp_beside: ".NAME.<12 hex>SUFFIX", and ".NAME.tmp")
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+?)(?:\.[0-9a-f]{12}(?:\.[^.]*)?|\.tmp)$")
 
-_REASONS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.ENOENT: "no such file or folder",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.EISDIR: "it is a folder",
-    errno.EEXIST: "it already exists",
-}
-_HINTS = {
-    errno.ENOSPC: "free some space or choose another output folder",
-    errno.EDQUOT: "free some space or choose another output folder",
-    errno.EROFS: "choose a writable output folder",
-    errno.EACCES: "choose a folder you may write to",
-    errno.EPERM: "choose a folder you may write to",
-}
+_REASONS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EDQUOT: "the disk quota is exceeded", errno.ENOENT: "no such file or folder",
+            errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EISDIR: "it is a folder",
+            errno.EEXIST: "it already exists"}
+_SPACE, _WRITABLE = "free some space or choose another output folder", "choose a folder you may write to"
+_HINTS = {errno.ENOSPC: _SPACE, errno.EDQUOT: _SPACE, errno.EROFS: "choose a writable output folder",
+          errno.EACCES: _WRITABLE, errno.EPERM: _WRITABLE}
 
 
 def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:

@@ -133,14 +133,19 @@ def model_hash(model: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def check_model(checkpoint: Pretrained, model: dict[str, Any]) -> None:
-    """Refuse, in one sentence, a model configuration the checkpoint was not trained with (keys that steer
-    phase 2 only may differ)."""
+def phase1_model(checkpoint: Pretrained, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``model`` (default: the checkpoint's model section) without the keys that steer phase 2 only: the
+    networks as they were trained, adapted with the phase-2 losses of the preset in use now."""
     from rdiff.plugins import plugins  # the backbone config's ADAPTATION_KEYS steer phase 2 only
 
     free = frozenset(getattr(plugins().get("backbone", checkpoint.backbone).config, "ADAPTATION_KEYS", ()))
-    trained = {k: v for k, v in checkpoint.config.get("model", {}).items() if k not in free}
-    model = {k: v for k, v in model.items() if k not in free}
+    return {k: v for k, v in (checkpoint.config.get("model", {}) if model is None else model).items() if k not in free}
+
+
+def check_model(checkpoint: Pretrained, model: dict[str, Any]) -> None:
+    """Refuse, in one sentence, a model configuration the checkpoint was not trained with (keys that steer
+    phase 2 only may differ)."""
+    trained, model = phase1_model(checkpoint), phase1_model(checkpoint, model)
     if model_hash(trained) == model_hash(model):
         return
     differing = sorted(k for k in set(trained) | set(model) if trained.get(k) != model.get(k))

@@ -62,9 +62,9 @@ def create_backbone(name: str, preset: str | None = "tiny", channels: int = 3, *
     if pretrained:
         from rdiff import pretrained as shipped
 
-        # the checkpoint's own model section, which may differ from its preset's in phase-1 loss weights
+        # the checkpoint's own phase-1 model section, which may differ from its preset's in phase-1 loss weights
         checkpoint = shipped.find(name, preset, pretrained)
-        values = merge(checkpoint.config.get("model", {}), overrides)
+        values = merge(merge(values, shipped.phase1_model(checkpoint)), overrides)
         shipped.check_model(checkpoint, to_dict(_config(entry, values, "model")) if entry.config else values)
     backbone = entry.build(_config(entry, values, "model"), channels)
     backbone.registered_name = name
