@@ -96,8 +96,6 @@ def test_a_checkpoint_is_built_with_its_own_model_section_not_its_presets(tmp_pa
     loads as it was trained, in Python and with ``rdiff train --pretrained``, and a changed key is refused."""
     import shutil
 
-    import yaml
-
     from rdiff import pretrained as shipped
     from rdiff.cli import build_parser, train_config
     from rdiff.pretrained import Pretrained

@@ -65,10 +65,11 @@ def _batches(items: list[Pair], size: int) -> Iterator[list[Pair]]:
 @torch.no_grad()
 def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor], torch.Tensor],
           device: torch.device, batch_size: int = 16, by_type: bool = True,
-          metrics: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """Metrics of ``produce(lq)`` against hq over ``pairs``, overall and by degradation type (``metrics``:
-    a MetricCollection factory instead of the modality's)."""
-    overall = local_metrics((metrics or modality.metrics)().to(device))
+          only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Metrics of ``produce(lq)`` against hq over ``pairs``, overall and by degradation type (``only``: the
+    modality's metrics of these names alone)."""
+    overall = modality.metrics()
+    overall = local_metrics((MetricCollection({n: overall[n] for n in only}) if only else overall).to(device))
     types: dict[str, Any] = {}
     for chunk in _batches(pairs, batch_size):
         batch = {k: v.to(device) for k, v in stack(chunk).items()}
@@ -145,6 +146,6 @@ def validation_psnr(backbone: Reconstructor, modality: Modality, pairs: list[Pai
     backbone.eval()
     # the modality's PSNR alone: its structure metrics (a Frangi vessel map) would add a quarter to every validation
     result = score(modality, pairs, enhancer(backbone, choice, device, seed), device, by_type=False,
-                   metrics=lambda: MetricCollection({"psnr": modality.metrics()["psnr"]}))
+                   only=("psnr",))
     backbone.train()
     return float(result["psnr"]) if np.isfinite(result["psnr"]) else float("-inf")
