@@ -133,7 +133,7 @@ def test_the_tools_stand_outside_the_runtime():
 # --- size: the runtime stays small, the engine a loop ----------------------------------------------------------
 
 #: lines of ``core/rdiff/*.py`` (the runtime: the ``testing/`` kit excluded) and of engine.py, at most
-RUNTIME_LINES, ENGINE_LINES = 4_850, 350
+RUNTIME_LINES, ENGINE_LINES = 4_760, 350
 
 
 def _lines(path: Path) -> int:

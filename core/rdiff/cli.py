@@ -15,7 +15,7 @@ from typing import Any
 
 from rdiff import __version__
 from rdiff.errors import TrainingStopped, UserError, describe_os_error
-from rdiff.report import adaptor_params, format_eval_table
+from rdiff.report import format_eval_table
 
 RUN_FLAGS = ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed")  # flags that are config keys
 
@@ -198,66 +198,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    from rdiff.plugins import plugins
-
-    loaded = plugins()
-    rows = [{"name": i.name, "module": i.module, "distribution": i.distribution, "version": i.version,
-             "hooks": i.hooks, "status": "ok"} for i in loaded.info.values()]
-    rows += [{"name": n, "status": "broken", "error": e} for n, e in loaded.broken.items()]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        print(f"{r['name']:<12} {r['distribution'] or '-'} {r['version'] or ''}  ({r['module']}): {', '.join(r['hooks'])}"
-              if r["status"] == "ok" else f"{r['name']:<12} BROKEN: {r['error']}")
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from rdiff.plugins import plugins
-
-    if args.what == "pretrained":
-        return _list_pretrained(args.json)
-    loaded = plugins()
-    kind = {"backbones": "backbone", "adaptors": "adaptor", "modalities": "modality"}[args.what]
-    rows = []
-    for name, e in sorted(loaded.entries[kind].items()):
-        row: dict[str, Any] = {"name": name, "plugin": e.plugin, "summary": e.summary}
-        if kind == "backbone":
-            row.update(capabilities=list(e.capabilities), presets=sorted(loaded.presets(e)))
-        if kind == "adaptor":
-            row["requires"] = list(e.requires)
-            if args.json:
-                row["params"] = adaptor_params(name)
-        rows.append(row)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        extra = r.get("capabilities") or r.get("requires") or []
-        tag = (" [" + ", ".join(extra) + "]") if extra else ""
-        presets = f" presets: {', '.join(r['presets'])}" if r.get("presets") else ""
-        print(f"{r['name']:<10} {r['summary']}{tag}{presets}")
-    return 0
-
-
-def _list_pretrained(as_json: bool) -> int:
-    from rdiff.pretrained import list_pretrained
-
-    rows = [p.describe() for p in list_pretrained()]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no pretrained weights are installed")
-    for r in rows:
-        ceiling = ", ".join(f"{k} {v:g}" for k, v in r["ceiling"].items() if k in ("psnr", "ssim", "vessel_dice"))
-        held = f" on {r['held_out_images']} held-out images" if r["held_out_images"] else ""
-        print(f"{r['name']:<24} {r['size_mb']:5.1f} MB  ceiling{held}: {ceiling or 'not measured'}")
-    return 0
-
-
 # --- output ---------------------------------------------------------------------------------------------------
 
 
@@ -346,17 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct-only", action="store_true", help="score the phase-1 model alone, without the adaptor")
     p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("plugins", help="list loaded plugins, their distribution, version and hooks")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(handler=cmd_plugins)
-
-    p = sub.add_parser("list", help="list registered backbones, adaptors, modalities or shipped pretrained weights")
-    p.add_argument("what", choices=["backbones", "adaptors", "modalities", "pretrained"], help="which kind")
-    p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
-    p.set_defaults(handler=cmd_list)
-
-    # every other command comes from a plugin: the built-in `bench`, `scaffold` and `degrade` plugins add
-    # `rdiff bench`, `rdiff new-plugin` and `rdiff degrade` exactly as a third-party plugin adds its own
+    # every other command comes from a plugin: the built-in `list`, `bench`, `scaffold` and `degrade` plugins
+    # add `rdiff list`/`plugins`, `bench`, `new-plugin` and `degrade` exactly as a third-party plugin adds its own
     hook = plugins().pm.hook
     hook.rdiff_register_commands(subparsers=sub)
     for name, sp in sub.choices.items():

@@ -155,8 +155,9 @@ def rdiff_add_cli_options(command: str, parser: argparse.ArgumentParser) -> None
 def rdiff_register_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add whole subcommands: ``p = subparsers.add_parser(...)``; ``p.set_defaults(handler=fn)``.
 
-    ``fn(args) -> int`` runs the command and returns the exit code. The built-in plugins ``rdiff_bench``,
-    ``rdiff_scaffold`` and ``rdiff_degrade`` add ``rdiff bench``, ``rdiff new-plugin`` and ``rdiff degrade``.
+    ``fn(args) -> int`` runs the command and returns the exit code. The built-in plugins ``rdiff_list``,
+    ``rdiff_bench``, ``rdiff_scaffold`` and ``rdiff_degrade`` add ``rdiff list`` and ``rdiff plugins``,
+    ``rdiff bench``, ``rdiff new-plugin`` and ``rdiff degrade``.
     """
 
 

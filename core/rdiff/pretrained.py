@@ -53,13 +53,6 @@ class Pretrained:
         path = self.directory / "ceiling.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def describe(self) -> dict[str, Any]:
-        phase1 = self.ceiling.get("phase1", {})
-        return {"name": self.name, "backbone": self.backbone, "preset": self.preset, "modality": self.modality,
-                "plugin": self.plugin, "size_mb": round(self.size_bytes / 1e6, 2),
-                "ceiling": {k: v for k, v in phase1.items()}, "held_out_images": self.ceiling.get("images"),
-                "directory": str(self.directory)}
-
 
 class RegisterPretrained:
     """The callable ``rdiff_register_pretrained`` receives: ``register(directory)`` for each checkpoint

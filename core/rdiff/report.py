@@ -54,23 +54,6 @@ def carry_times(run_dir: str | Path, times: dict[str, float]) -> dict[str, float
     return out
 
 
-def adaptor_params(adaptor: str) -> dict[str, dict[str, int]]:
-    """Trainable vs total parameters of ``adaptor`` on every compatible backbone's tiny preset."""
-    from rdiff.registry import create_adaptor, create_backbone, list_backbones
-    from rdiff.plugins import plugins
-
-    out = {}
-    for name in list_backbones():
-        entry = plugins().get("backbone", name)
-        if not set(plugins().get("adaptor", adaptor).requires) <= set(entry.capabilities):
-            continue
-        backbone = create_backbone(name, preset="tiny")
-        create_adaptor(adaptor, backbone)
-        counts = parameter_counts(backbone, train_base=False)
-        out[f"{name}:tiny"] = {"trainable": counts["trainable"], "total": counts["total"]}
-    return out
-
-
 def format_eval_table(ev: dict[str, Any]) -> str:
     rows = [("input (degraded)", ev.get("input", {}))]
     if "reconstruct_only" in ev:
