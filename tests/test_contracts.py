@@ -27,7 +27,7 @@ def _why_missing(kind: str, name: str) -> str | None:
     """Why a built-in cannot be checked yet, or None when it can."""
     if name in _loaded.entries[kind]:
         entry = _loaded.entries[kind][name]
-        if kind == "backbone" and "tiny" not in _loaded.presets(entry):
+        if kind == "backbone" and "tiny" not in entry.presets:
             return f"backbone '{name}' has no 'tiny' preset yet (its plugin.yaml)"
         return None
     plugin = catalogue().get({"backbone": "backbones", "adaptor": "adaptors", "modality": "modalities"}[kind],

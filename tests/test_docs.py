@@ -123,3 +123,17 @@ def test_field_comments_come_from_the_source():
     assert docgen.format_value(keys["spread"].default) == "{a: 1.0}"
     assert keys["plain"].type == "int" and keys["bare"].comment == ""
     assert [f.name for f in dataclasses.fields(_Derived)] == list(keys)
+
+
+def test_adaptation_targets_are_documented():
+    """hooks.md lists every field of rdiff.AdaptationTarget and, generated from the backbones, every target
+    group they offer (ldm-unet's encoder group ends at its output latent)."""
+    import dataclasses
+
+    from rdiff import AdaptationTarget
+
+    section = _page("hooks.md").split("## Adaptation targets\n", 1)[-1]
+    missing = [f.name for f in dataclasses.fields(AdaptationTarget) if f"| `{f.name}` |" not in section]
+    assert not missing, f"AdaptationTarget fields missing from docs/hooks.md: {missing}; {FIX}"
+    ldm = section.split("#### backbone `ldm-unet`", 1)[-1].split("####", 1)[0]
+    assert "| `autoencoder.latent_out` | `encoder` |" in ldm and "Groups: `image`, `encoder`" in ldm, FIX

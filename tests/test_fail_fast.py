@@ -255,3 +255,42 @@ def test_a_run_that_trained_nothing_yet_can_change_any_value_on_resume(tmp_path)
     assert config.train.image_size == 64 and "train.image_size: 63 -> 64" in note
     with pytest.raises(UserError, match="cannot change backbone"):
         apply(tmp_path, saved, {"backbone": "cnn-ae"})
+
+
+# --- issue 28, class 3: a failed checkpoint write is one sentence; the last complete checkpoint is kept ----------
+
+
+def test_a_checkpoint_over_the_file_size_limit_is_one_sentence_naming_it(tmp_path):
+    import resource
+
+    env = {**os.environ, "RDIFF_DISABLE_PLUGIN_AUTOLOAD": "1", "RDIFF_PLUGINS": "toy_plugin",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 10, resource.RLIM_INFINITY))  # noqa: E731 - ulimit -f 8
+    result = subprocess.run([sys.executable, "-m", "rdiff", "train", *TOY, "--out", str(tmp_path / "r")], env=env,
+                            capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"cannot write '{tmp_path / 'r' / 'reconstruct' / 'checkpoint'}" in result.stderr
+    assert "(EFBIG)" in result.stderr and "Traceback" not in result.stderr
+    assert "checkpoint is kept" not in result.stderr, "no checkpoint was complete yet"
+
+
+def test_a_later_checkpoint_that_cannot_be_written_keeps_the_last_complete_one(toy, tmp_path, capsys, monkeypatch):
+    from rdiff import checkpoints
+
+    real, calls = checkpoints.save_file, []
+
+    def too_large_after_the_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # what safetensors raises at the file-size limit
+            raise Exception("Error while serializing: I/O error: File too large (os error 27)")  # noqa: TRY002
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "save_file", too_large_after_the_first)
+    out = tmp_path / "r"
+    assert main(["train", *TOY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write '{out / 'reconstruct' / 'checkpoint'}'" in err and "(EFBIG)" in err
+    assert "The last complete checkpoint is kept (resume with --resume)." in err and "Traceback" not in err
+    assert checkpoints.verify(out / "reconstruct" / "checkpoint") is None
+    monkeypatch.setattr(checkpoints, "save_file", real)
+    assert main(["train", "--out", str(out), "--resume"]) == 0

@@ -245,7 +245,8 @@ def test_default_model_is_mild_enough_to_undo(heldout):
             counts[t] += 1
         step = params["default"]
         if "blur" in step:
-            assert step["blur"]["sigma"] <= 0.004  # fraction of the FOV diameter
+            # fractions of the FOV diameter: a Gaussian or a defocus disc
+            assert step["blur"].get("sigma", 0) <= 0.005 and step["blur"].get("defocus_radius", 0) <= 0.008
         if "noise" in step:
             assert step["noise"]["read"] <= 0.012
     assert counts["illumination"] > counts["blur"] and counts["illumination"] >= 25

@@ -104,7 +104,7 @@ def test_every_preset_passes_the_checks_made_before_training():
 
     checked = []
     for backbone in STAGES:
-        for preset in plugins().presets(plugins().get("backbone", backbone)):
+        for preset in plugins().get("backbone", backbone).presets:
             config = resolve_config([{"backbone": backbone, "preset": preset}])
             with torch.device("meta"):
                 model = create_backbone(backbone, preset=None, channels=3, **config.model)

@@ -25,9 +25,10 @@ def _state(name: str) -> dict[str, torch.Tensor]:
     backbone = rdiff.create_backbone(name, preset="tiny")
     with torch.no_grad():
         # the tiny autoencoder's image skip starts with zero residual convolutions (exactly the bicubic
-        # round trip); a trained one has none, and only then do gradients reach every layer at once
-        for module in backbone.autoencoder.modules():
-            if isinstance(module, torch.nn.Conv2d) and not module.weight.any():
+        # round trip) and the residual denoiser with a zero output layer (exactly the fast path); trained
+        # ones have none, and only then do gradients reach every layer at once
+        for module in backbone.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and not module.weight.any():
                 module.weight.normal_(0.0, 0.02)
     return backbone.state_dict()
 
@@ -135,7 +136,8 @@ def test_each_stage_loss_is_finite_and_trains_only_its_stage(name, options):
     stage_ids = {stage: {id(p) for p in backbone.stage_parameters(stage)} for stage in backbone.stages}
     for stage in backbone.stages:
         backbone.zero_grad(set_to_none=True)
-        loss, logs = backbone.reconstruction_loss(stage, clean, roi_of(clean))
+        degraded = clean * 0.7 if backbone.needs_degraded(stage) else None  # the default pretext's condition
+        loss, logs = backbone.reconstruction_loss(stage, clean, roi_of(clean), degraded)
         assert torch.isfinite(loss) and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
         loss.backward()
         with_grad = {id(p) for p in backbone.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -163,9 +165,9 @@ def test_scratch_loss_trains_the_autoencoder_and_the_denoiser(name):
 
 
 def test_degraded_pretext_conditions_on_degraded_images():
-    backbone = rdiff.create_backbone("ldm-unet", preset="tiny", pretext="degraded")
+    backbone = tiny("ldm-unet")  # the default pretext
     assert backbone.needs_degraded("denoiser") and not backbone.needs_degraded("autoencoder")
-    assert not tiny("ldm-unet").needs_degraded("denoiser")
+    assert not rdiff.create_backbone("ldm-unet", preset="tiny", pretext="self").needs_degraded("denoiser")
     clean = images()
     loss, _ = backbone.reconstruction_loss("denoiser", clean, roi_of(clean), degraded=clean * 0.5)
     assert torch.isfinite(loss)
@@ -463,7 +465,7 @@ def test_saved_networks_load_in_diffusers_and_back(name, tmp_path):
     torch.manual_seed(0)
     backbone = rdiff.create_backbone(name, preset="tiny", **paper_layout)
     clean = images(size=32)
-    backbone.reconstruction_loss("denoiser", clean, roi_of(clean))  # measures the latent scale
+    backbone.reconstruction_loss("denoiser", clean, roi_of(clean), clean * 0.7)  # measures the latent scale
     backbone.save(tmp_path)
 
     autoencoder = VQModel.from_pretrained(tmp_path / "autoencoder")
@@ -525,3 +527,53 @@ def test_nearest_code_search_matches_diffusers_without_keeping_the_distances():
     vq = rdiff.create_backbone("ldm-unet", preset="tiny", autoencoder="vq", image_skip=False, latent_channels=3)
     assert isinstance(vq.autoencoder.quantize, NearestCodeQuantizer)
     assert "quantize.embedding.weight" in vq.autoencoder.state_dict()  # saved as diffusers saves it
+
+
+# --- sampling around the condition -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_an_untrained_residual_denoiser_samples_exactly_the_fast_path(name):
+    # x̂₀ = c + r with r's output layer zero-initialised: whatever the noise, steps, eta or tiling, the
+    # sampler must return the condition, i.e. the fast path, so sampling can only add to what it gets right
+    torch.manual_seed(0)
+    backbone = rdiff.create_backbone(name, preset="tiny")
+    lq = images(size=64)
+    fast = backbone.enhance(lq, path="fast")
+    for steps, eta in ((1, 0.0), (4, 1.0)):
+        sampled = backbone.enhance(lq, path="sample", options=DDIMOptions(steps=steps, eta=eta),
+                                   generator=torch.Generator().manual_seed(3))
+        assert torch.equal(sampled, fast)
+    assert torch.equal(backbone.enhance(lq, path="sample", tile=32, overlap=16), backbone.enhance(lq, path="fast", tile=32, overlap=16))
+    with torch.no_grad():
+        backbone.denoiser_output().weight.normal_(0.0, 0.02)  # a residual that is not zero changes the output
+    assert not torch.equal(backbone.enhance(lq, path="sample"), fast)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 50])
+def test_sampling_starts_where_the_residual_denoiser_trained(steps):
+    backbone = tiny("ldm-unet")
+    timesteps = backbone.ddim_scheduler(steps).timesteps
+    last = backbone.last_timestep()
+    assert last == round(backbone.config.sample_strength * 1000)
+    assert len(timesteps) == steps and timesteps[0] < last and timesteps[0] >= last - 1000 // steps - 1
+    assert torch.all(timesteps[:-1] > timesteps[1:])
+
+
+def test_phase_one_degrades_the_whole_image_then_crops_the_same_window():
+    import numpy as np
+
+    from rdiff.data import CleanCrops, Item
+
+    class Halving:  # a stand-in modality: its degradation is known exactly
+        def degrade(self, image, roi, rng):
+            return image * 0.5, {}
+
+    yy, xx = np.mgrid[0:96, 0:80] / 96.0
+    image = np.stack([yy, xx, yy * xx], axis=-1).astype(np.float32)
+    item = Item(image=image, roi=np.ones((96, 80), bool), source="ramp")
+    crops = CleanCrops([item], 32, 4, seed=0, modality=Halving())
+    for index in range(4):
+        batch = crops[index]
+        assert torch.allclose(batch["degraded"], batch["clean"] * 0.5)
+    assert "degraded" not in CleanCrops([item], 32, 1, seed=0)[0]

@@ -151,3 +151,14 @@ def test_the_wheel_carries_every_shipped_checkpoint(tmp_path):
         for path in checkpoint.directory.rglob("*"):
             if path.is_file():
                 assert path.relative_to(package_root).as_posix() in names, f"{path} is not in the wheel"
+
+
+def test_adapting_shipped_weights_with_another_model_key_names_the_key(tmp_path, capsys):
+    from rdiff.cli import main
+
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--from", "pretrained:ldm-unet.tiny-fundus", "--out", str(out),
+                 "--set", "model.latent_channels=4"]) == 2
+    err = capsys.readouterr().err
+    assert "pretrained 'ldm-unet.tiny-fundus' was trained with model.latent_channels=6, not 4" in err, err
+    assert "state_dict" not in err and not out.exists()

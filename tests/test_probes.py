@@ -79,6 +79,7 @@ class Case:
     setup: Callable[[Ctx], list[str]]
     culprit: str  # formatted with tmp= the scratch folder
     fresh_out: bool = True  # a new run: --out must not exist afterwards
+    unsaid: str = "checkpoint is kept"  # words that would mislead here (no checkpoint was ever written)
 
 
 def _readonly(ctx: Ctx) -> None:
@@ -137,6 +138,58 @@ def _set(*items: str) -> Callable[[Ctx], list[str]]:
     return lambda ctx: ctx.train(*[a for item in items for a in ("--set", item)])
 
 
+def _with_tools(ctx: Ctx, argv: list[str]) -> list[str]:
+    from rdiff import plugins
+
+    ctx.monkeypatch.setenv("RDIFF_PLUGINS", "toy_plugin,rdiff_degrade")
+    plugins.reset()
+    return argv
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _nan_backbone(ctx: Ctx) -> None:
+    import toy_components
+
+    ctx.monkeypatch.setattr(toy_components.ToyBackbone, "enhance", lambda self, lq, **kw: lq * float("nan"))
+
+
+def _checkpoint_too_large(ctx: Ctx) -> None:
+    from rdiff import checkpoints
+
+    def too_large(*args, **kwargs):  # what safetensors raises when the file-size limit (ulimit -f) is reached
+        raise Exception("Error while serializing: I/O error: File too large (os error 27)")  # noqa: TRY002
+
+    ctx.monkeypatch.setattr(checkpoints, "save_file", too_large)
+
+
+def _fsync_disk_full(ctx: Ctx) -> None:
+    from rdiff import checkpoints
+
+    def full(fd):  # as a write cut short by a full disk fails: an errno, no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ctx.monkeypatch.setattr(checkpoints.os, "fsync", full)
+
+
+def _impostor(ctx: Ctx, argv: list[str]) -> list[str]:
+    """A third-party plugin that registers the built-in name 'cnn-ae' (the built-in not loaded), with keys of its own."""
+    from rdiff import plugins
+
+    (ctx.tmp / "lib").mkdir()
+    (ctx.tmp / "lib" / "rdiff_impostor.py").write_text(
+        "from dataclasses import dataclass\nfrom rdiff import hookimpl\n\n@dataclass\nclass Options:\n    x: int = 1\n\n"
+        "@hookimpl\ndef rdiff_register_backbones(register):\n"
+        "    register('cnn-ae', build=lambda config, channels: None, config=Options, presets={'tiny': {}})\n")
+    ctx.monkeypatch.syspath_prepend(str(ctx.tmp / "lib"))
+    ctx.monkeypatch.setenv("RDIFF_PLUGINS", "toy_plugin,rdiff_impostor")
+    plugins.reset()
+    return argv
+
+
 CASES = [
     # --- configuration: counts, intervals, ranges, multiples ---------------------------------------------
     Case("adapt_steps negative", _set("train.adapt_steps=-1"), "'train.adapt_steps' must be at least 1, not -1"),
@@ -163,7 +216,7 @@ CASES = [
     Case("eval sample_steps zero", _set("eval.sample_steps=[0]"), "'eval.sample_steps' must hold step counts"),
     Case("eval eta negative", _set("eval.eta=-1"), "'eval.eta' must be 0 or positive"),
     Case("eval path unknown", _set("eval.path=ddim99"), "'eval.path' is 'ddim99', which backbone 'toy' does not offer"),
-    Case("seed negative", lambda c: c.train("--seed", "-1"), "config key 'seed' must be at least 0, not -1"),
+    Case("seed negative", _set("seed=-1"), "config key 'seed' must be at least 0, not -1"),  # --seed -1: argparse
     Case("stage misspelled", _set("train.steps={autoencoder: 4, autoencodr: 4}"), "'train.steps.autoencodr' is not a stage"),
     Case("unknown key", _set("train.adapt_stpes=1"), "unknown config key 'train.adapt_stpes'"),
     # --- data folders -------------------------------------------------------------------------------------
@@ -246,7 +299,48 @@ CASES = [
     # --- I/O while enhancing: the file is named and skipped -----------------------------------------------------
     Case("enhance read-only output", _with(_readonly, _enhance), "cannot write '{tmp}/enhanced/x.png': the file "
          "system is read-only (EROFS)", fresh_out=False),
+    # --- issue 28, class 1: no command writes outside its output, over an input or over a finished result ----
+    Case("degrade over its input", lambda c: _with_tools(c, ["degrade", "--modality", "toy", str(folder(c.tmp / "in")),
+                                                              "--out", str(c.tmp / "in")]),
+         "writing '{tmp}/in/a.png' would overwrite the input '{tmp}/in/a.png'", fresh_out=False),
+    Case("degrade over one input file", lambda c: _with_tools(c, ["degrade", "--modality", "toy", str(png(
+        c.tmp / "in" / "x.png")), "--out", str(c.tmp / "in")]), "would overwrite the input", fresh_out=False),
+    Case("adapt in place over a finished phase 2", lambda c: ["adapt", "--from", str(c.run())],
+         "run '{tmp}/run' already holds a phase 2 in '{tmp}/run/adapt'", fresh_out=False),
+    Case("enhance suffix leads outside --out", lambda c: _enhance(c, "--suffix", "/../../escaped"),
+         "outside the output folder '{tmp}/enhanced'", fresh_out=False),
+    Case("enhance compare image over an input", lambda c: ["enhance", "--run", str(c.run()), str(png(
+        c.tmp / "in" / "x.png")), str(png(c.tmp / "in" / "x_enh_compare.png")), "--out", str(c.tmp / "in"), "--suffix",
+        "_enh", "--compare"], "would overwrite the input '{tmp}/in/x_enh_compare.png'", fresh_out=False),
+    # --- class 2: named options validated before work; a NaN output is an error naming the image --------------
+    Case("evaluate unknown path", lambda c: ["evaluate", "--run", str(c.run()), "--paths", "fast,bogus"],
+         "run '{tmp}/run' has no enhancement path 'bogus'", fresh_out=False),
+    Case("enhanced output NaN", _with(_nan_backbone, _enhance), "enhancing '{tmp}/in/x.png' gave NaN or infinite "
+         "values, so it was not written", fresh_out=False),
+    Case("config value nan", _set("eval.eta=nan"), "config key 'eval.eta' must be a finite number, not 'nan'"),
+    # --- class 3: write and decode errors are one sentence naming the file -----------------------------------
+    Case("config not UTF-8", lambda c: c.train("--config", str(_write(c.tmp / "c.yaml", b"train:\n  lr: \xff\n"))),
+         "config file '{tmp}/c.yaml' cannot be read as UTF-8 text (invalid start byte)"),
+    Case("config is a folder", lambda c: c.train("--config", str(_mkdir(c.tmp / "c.yaml"))),
+         "config file '{tmp}/c.yaml' cannot be read as UTF-8 text (Is a directory)"),
+    Case("checkpoint larger than allowed", _with(_checkpoint_too_large, lambda c: c.train()),
+         "cannot write '{tmp}/out/reconstruct/checkpoint': the file would exceed the largest size allowed (EFBIG)",
+         fresh_out=False),
+    Case("disk full, no file name in the error", _with(_fsync_disk_full, lambda c: c.train()),
+         "cannot write '{tmp}/out/config.yaml': the disk is full (ENOSPC)", fresh_out=False),
+    # --- class 4: words that name the culprit -----------------------------------------------------------------
+    Case("config duplicate key", lambda c: c.train("--config", str(_write(c.tmp / "c.yaml", b"train:\n  adapt_steps: 2\n"
+                                                                          b"  adapt_steps: 3\n"))),
+         "config file '{tmp}/c.yaml' is not valid YAML: the key 'adapt_steps' is given twice (again on line 3)"),
+    Case("image of 1x1 px", lambda c: ["enhance", "--run", str(c.run()), str(png(c.tmp / "in" / "x.png", 1, 1)), "--out",
+                                       str(c.tmp / "enhanced")], "'{tmp}/in/x.png' is too small or not a 2-D image: "
+         "images need 2×2 px at least", fresh_out=False),
+    Case("built-in name taken by another plugin", lambda c: _impostor(c, c.train("--backbone", "cnn-ae", "--set",
+                                                                                 "model.block_out_channels=[8]")),
+         "backbone 'cnn-ae' now comes from plugin 'rdiff_impostor' (module 'rdiff_impostor', no distribution), not "
+         "from rdiff's built-in"),
 ]
+
 
 
 def _mkdir(path: Path) -> Path:
@@ -316,8 +410,11 @@ def test_probe(case, toy, trained, tmp_path, monkeypatch, capsys):
     assert code == 2, err
     assert case.culprit.format(tmp=tmp_path) in err, err
     assert "Traceback" not in err and "File \"" not in err, err
+    assert case.unsaid not in err, err
     after = snapshot(tmp_path)
     changed = [p for p, digest in before.items() if after.get(p) != digest]
     assert not changed, f"existing files changed or removed: {changed}"
+    written = [p for p in after if p not in before and not p.startswith(("out/", "lib/"))]
+    assert not written, f"a refused command wrote outside its new run directory: {written}"
     if case.fresh_out:
         assert not (tmp_path / "out").exists(), "a refused run must write nothing to --out"

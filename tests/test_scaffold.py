@@ -105,3 +105,34 @@ def test_generated_plugins_pass_their_contract_tests(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+# --- a hook-only plugin -----------------------------------------------------------------------------------------
+
+
+def test_writes_a_hook_only_package_that_loads_lightly(tmp_path, capsys):
+    assert new_plugin(["run-log", "--kind", "hooks", "--out", str(tmp_path)]) == 0
+    assert "hook-only plugin 'run-log'" in capsys.readouterr().out
+    root = tmp_path / "rdiff-run-log"
+    written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert written == ["README.md", "pyproject.toml", "src/rdiff_run_log/__init__.py", "tests/test_run_log.py"]
+    assert "__" not in "".join(p.read_text().replace("__init__", "").replace("__future__", "")
+                               for p in root.rglob("*") if p.is_file()), "a placeholder was left unfilled"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+               RDIFF_PLUGINS="rdiff_run_log")
+    probe = ("import sys; from rdiff.plugins import plugins; p = plugins(); assert not p.broken, p.broken; "
+             "hooks = p.info['rdiff_run_log'].hooks; assert 'rdiff_step_end' in hooks, hooks; "
+             "assert 'torch' not in sys.modules, 'the plugin imported torch at start-up'")
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_generated_hook_only_plugin_passes_its_own_tests(tmp_path):
+    root = scaffold.write_plugin("run-log", "hooks", tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+               RDIFF_PLUGINS="rdiff_run_log")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout

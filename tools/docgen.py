@@ -15,22 +15,19 @@ every machine; tests/test_docs.py compares it with the committed files so the do
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import functools
 import inspect
-import io
 import os
 import re
 import sys
-import textwrap
-import tokenize
-import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+# the reader of config dataclasses is the one `rdiff list --options` uses (tests also reach it as docgen.*)
+from rdiff_list.options import Key, config_keys, field_comments, format_value  # noqa: F401
 
 GENERATED = ("cli.md", "configuration.md", "hooks.md")
 _ENV = ("RDIFF_PLUGINS", "RDIFF_BLOCK_PLUGINS", "RDIFF_DISABLE_PLUGIN_AUTOLOAD")
@@ -67,101 +64,6 @@ def builtin_plugins() -> Iterator[Any]:
             else:
                 os.environ[key] = value
         registry.reset()
-
-
-# --- reading dataclasses --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Key:
-    """One configuration key, as the docs show it."""
-
-    name: str  # dotted, relative to its section
-    type: str
-    default: Any
-    comment: str
-    nested: bool = False  # a nested dataclass: its keys follow as name.<key>
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """The trailing ``# comment`` of every field of dataclass ``cls`` (its bases' included), read from source.
-
-    A field's comment is the comment at the end of the field's statement (for a field written over several
-    lines, of any of its lines); comments on lines of their own are section headings and are not used."""
-    comments: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if klass is object or not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            source = textwrap.dedent(inspect.getsource(klass))
-        except (OSError, TypeError):
-            continue  # no source (e.g. defined interactively): no comments to read
-        trailing: dict[int, str] = {}
-        for token in tokenize.generate_tokens(io.StringIO(source).readline):
-            if token.type == tokenize.COMMENT and token.line[:token.start[1]].strip():
-                trailing[token.start[0]] = token.string.lstrip("#").strip()
-        body = ast.parse(source).body[0]
-        for node in getattr(body, "body", []):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                found = [trailing[line] for line in range(node.lineno, node.end_lineno + 1) if line in trailing]
-                if found:
-                    comments[node.target.id] = " ".join(found)
-    return comments
-
-
-def config_keys(cls: type, prefix: str = "") -> list[Key]:
-    """Every key of dataclass ``cls`` (nested dataclasses flattened into dotted keys), in field order."""
-    hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
-    keys = []
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
-        nested = dataclasses.is_dataclass(hints[f.name])
-        type_name = f.type if isinstance(f.type, str) else _type_name(f.type)
-        keys.append(Key(prefix + f.name, type_name, default, comments.get(f.name, ""), nested))
-        if nested:
-            keys += config_keys(hints[f.name], prefix + f.name + ".")
-    return keys
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type) and not typing.get_args(tp):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def format_value(value: Any) -> str:
-    """A default as it would be written in YAML (flow style)."""
-    if value is dataclasses.MISSING:
-        return "(required)"
-    if dataclasses.is_dataclass(value):
-        return "(the keys below)"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value if _reads_back_as(value) else "'" + value.replace("'", "''") + "'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
-def _reads_back_as(text: str) -> bool:
-    """Whether ``text`` written bare in YAML reads back as this same string (``001`` would be a number)."""
-    import yaml
-
-    try:
-        return bool(text) and yaml.safe_load(text) == text and not text.startswith(("{", "[", "'", '"'))
-    except yaml.YAMLError:
-        return False
 
 
 def _cell(text: str) -> str:
@@ -214,12 +116,14 @@ def configuration_markdown() -> str:
                 out.append(f"### {kind} `{name}`\n\n")
                 if entry.summary:
                     out.append(f"{entry.summary}\n\n")
+                if entry.train:  # declared by an adaptor or a modality: layer 3 above
+                    out.append(f"Training defaults (over the backbone's preset): `{format_value(entry.train)}`\n\n")
                 if entry.config is None:
                     out.append("No options.\n\n")
                     continue
                 out += [_docstring(entry.config), _table(config_keys(entry.config), section), "\n"]
                 if kind == "backbone":
-                    out.append(_presets(loaded.presets(entry)))
+                    out.append(_presets(entry.presets))
     return "".join(out).rstrip() + "\n"
 
 
@@ -237,9 +141,16 @@ A run's configuration is built in layers, each overriding the one before:
 
 1. the defaults below;
 2. the backbone's preset (`--preset tiny|base|paper`, declared by its plugin and listed under each backbone);
-3. a YAML file (`--config run.yaml`) holding any of the keys below, nested by section;
-4. the command-line flags (`--backbone`, `--data`, `--seed`, ...);
-5. `--set key=value` (repeatable; the value is parsed as YAML, e.g. `--set "train.steps={autoencoder: 50}"`).
+3. the training defaults the chosen modality, then the chosen adaptor, declare (`register(..., train={...})`,
+   listed under each below; e.g. an adaptor of a few hundred parameters needs a higher `adapt_lr` than the
+   preset's): they know what they need whatever the backbone, so they go over its preset;
+4. a YAML file (`--config run.yaml`) holding any of the keys below, nested by section;
+5. the command-line flags (`--backbone`, `--data`, `--seed`, ...);
+6. `--set key=value` (repeatable; the value is parsed as YAML, e.g. `--set "train.steps={autoencoder: 50}"`).
+
+So a preset sets the training of its backbone, an adaptor or modality changes only the keys it names, and the
+user's own file, flags and `--set` always have the last word. `rdiff list adaptors --options` (and
+`backbones`, `modalities`) prints each component's options and training defaults.
 
 Unknown keys are refused with their full dotted name and the closest valid key. The resolved configuration is
 written to the run directory as `config.yaml`. The sections `model`, `adaptor_options` and `modality_options`
@@ -317,7 +228,9 @@ def _usage(parser: argparse.ArgumentParser) -> str:
 CLI_INTRO = """\
 Every flag that configures a run has a configuration key (`rdiff train --seed 3` is `--set seed=3`); see
 [configuration.md](configuration.md). Exit codes: 0 success, 2 bad usage or bad input (one sentence naming
-the file, key or value), 1 internal error, 130 interrupted (the last checkpoint is kept).
+the file, key or value), 1 internal error, 130 interrupted (the last checkpoint is kept). Progress goes to
+stderr: on a terminal as bars redrawn in place; when stderr is not a terminal (a log file, CI), training writes
+a plain line at every tenth of each stage instead.
 
 Before the first training step every command that trains checks everything it can: configuration values
 (ranges, crop sizes the backbone can halve), every data and pair file (names, sizes, readability, from the
@@ -379,7 +292,19 @@ CLI_ENVIRONMENT = """\
 # --- hooks.md -------------------------------------------------------------------------------------------------
 
 
-REGISTRATION_HOOKS = ("rdiff_register_backbones", "rdiff_register_adaptors", "rdiff_register_modalities")
+REGISTRATION_HOOKS = ("rdiff_register_backbones", "rdiff_register_adaptors", "rdiff_register_modalities",
+                      "rdiff_register_pretrained")
+#: when rdiff calls each kind of hook, or one hook (observers: on the main process of a training run only)
+CALLED = {"registration": "once per process, when rdiff first loads its plugins",
+          "rdiff_register_pretrained": "once per process, the first time shipped weights are looked up",
+          "command line": "when the `rdiff` command line is built, before the command runs",
+          "rdiff_run_started": "once per training run (`train`, `reconstruct`, `adapt`, each run of `bench`; again on "
+                               "`--resume`), after every check passed and the run directory exists, before the first step",
+          "rdiff_step_end": "at every line of metrics.jsonl: every `train.log_every` steps and at a stage's last "
+                            "step, after every phase-2 validation, and for a step skipped for a non-finite loss",
+          "rdiff_checkpoint_saved": "every `train.checkpoint_every` steps and at each stage's last step",
+          "rdiff_run_finished": "after the held-out evaluation, once report.json is written; not when a run stops "
+                                "on an error or is interrupted"}
 
 
 def hookspecs() -> list[Any]:
@@ -413,12 +338,12 @@ def hooks_markdown() -> str:
     from rdiff.hookspecs import Register
 
     out = [_header("rdiff.hookspecs"), "# Hook reference\n\n", _docstring(module),
-           "| hook | kind |\n|---|---|\n"]
+           "| hook | kind | called |\n|---|---|---|\n"]
     specs = hookspecs()
     for fn in specs:
         kind = ("registration" if fn.__name__ in REGISTRATION_HOOKS
                 else "command line" if "cli" in fn.__name__ or "command" in fn.__name__ else "observer")
-        out.append(f"| [`{fn.__name__}`](#{fn.__name__}) | {kind} |\n")
+        out.append(f"| [`{fn.__name__}`](#{fn.__name__}) | {kind} | {CALLED.get(fn.__name__) or CALLED[kind]} |\n")
     out.append("\n")
     for fn in specs:
         out += [f"## {fn.__name__}\n\n", f"```python\n@hookimpl\ndef {_signature(fn)}: ...\n```\n\n", _docstring(fn)]
@@ -426,8 +351,40 @@ def hooks_markdown() -> str:
             f"```python\n{_signature(Register.__call__, 'register', skip_self=True)}\n```\n\n", _docstring(Register)]
     out += ["## Backbone capabilities\n\n",
             "A backbone lists capabilities; an adaptor lists the capabilities it `requires`. What each one promises "
-            "(the protocols of `rdiff.capabilities`):\n\n", _capabilities(PROTOCOLS)]
+            "(the protocols of `rdiff.capabilities`):\n\n", _capabilities(PROTOCOLS), "\n"]
+    out.append(adaptation_targets_markdown())
     return "".join(out).rstrip() + "\n"
+
+
+def adaptation_targets_markdown() -> str:
+    """The fields of `rdiff.AdaptationTarget` and every target each built-in backbone offers (its tiny preset)."""
+    from rdiff import AdaptationTarget, create_backbone
+
+    fields = _table(config_keys(AdaptationTarget), "").replace("| key |", "| field |", 1)
+    out = ["## Adaptation targets\n\n", "`Reconstructor.adaptation_targets()` returns a list of `rdiff.AdaptationTarget`. ",
+           _docstring(AdaptationTarget), fields, "\n", TARGETS_INTRO]
+    with builtin_plugins() as loaded:
+        for name in sorted(loaded.entries["backbone"]):
+            targets = create_backbone(name, preset="tiny").adaptation_targets()
+            groups = list(dict.fromkeys(t.group for t in targets))
+            out += [f"#### backbone `{name}`\n\n", f"Groups: {', '.join(f'`{g}`' for g in groups)}.\n\n",
+                    "| target `name` | `group` | `module` | `channels` | `layout` | `norm` |\n|---|---|---|---|---|---|\n"]
+            out += [f"| `{t.name}` | `{t.group}` | {type(t.module).__name__} | {t.channels} | {t.layout} | {t.norm} |\n"
+                    for t in targets]
+            out.append("\n")
+    return "".join(out)
+
+
+TARGETS_INTRO = """\
+### The targets of the built-in backbones
+
+Listed from the backbones themselves at their `tiny` preset: larger presets have more blocks (more targets
+in the same groups, named the same way) and more channels. A target is the end of a residual branch; where
+its module is an `Identity`, it marks a tensor the backbone passes on rather than a block's branch: the input
+image (group `image`), or the encoder's output latent, which belongs to the `encoder` group (an adaptor that
+adapts `encoder` also acts on the latent).
+
+"""
 
 
 def _capabilities(protocols: dict[str, type]) -> str:

@@ -10,6 +10,8 @@ stopped; the training itself resumes from its last checkpoint):
    --data`` uses — and link the ``train`` part into ``OUT/train/``. The ``pairs`` and ``test`` subjects are
    never seen by phase 1, so the benchmark and the demo score the shipped weights on images they never saw.
 2. **train** ``rdiff reconstruct`` on ``OUT/train/`` (progress bars with ETA; ``--resume`` after a kill).
+   ``--keep STAGE`` starts from the shipped checkpoint's network of that stage instead of training it
+   again (e.g. ``--keep autoencoder`` retrains only the denoiser on the shipped autoencoder).
 3. **measure** the fidelity ceiling: every ``test`` image, whole, at the run's working scale, through the
    phase-1 model (``D(E(x))``), scored inside the region of interest with the modality's metrics, next to
    the bicubic round trip through an image of the latent's size.
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The training budget of the shipped checkpoints: about 30-40 minutes of one CPU core per checkpoint (the
 # tiny preset's detail term keeps improving the finest vessels well past the 1,900 steps it once had).
-STEPS = {"autoencoder": 4000, "denoiser": 300}
+STEPS = {"autoencoder": 4000, "denoiser": 6000}
 
 LICENCES = {
     "fundus": "IDRiD (Indian Diabetic Retinopathy Image Dataset; Porwal et al., Data 2018), CC BY 4.0",
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="work folder (default runs/pretrain-BACKBONE-PRESET-MODALITY)")
     parser.add_argument("--steps", nargs="*", default=[], metavar="STAGE=N",
                         help=f"steps per phase-1 stage (default {' '.join(f'{k}={v}' for k, v in STEPS.items())})")
+    parser.add_argument("--keep", nargs="*", default=[], metavar="STAGE",
+                        help="phase-1 stages whose shipped networks are kept (not trained again)")
     parser.add_argument("--export", default="plugins", help="'plugins' (into the backbone's plugin), a folder, "
                                                             "or 'no'")
     args = parser.parse_args(argv)
@@ -82,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. train
     run_dir = out / "run"
+    shipped = ROOT / "plugins" / f"rdiff_{args.backbone.replace('-', '_')}" / "pretrained" / name
+    if args.keep and not (run_dir / "reconstruct" / "stages.json").is_file():
+        keep_shipped_stages(args, modality.channels, shipped, run_dir / "reconstruct")
     command = ["rdiff", "reconstruct", "--backbone", args.backbone, "--modality", args.modality,
                "--preset", args.preset, "--data", str(out / "train"), "--out", str(run_dir),
                *[a for stage, n in steps.items() for a in ("--set", f"train.steps.{stage}={n}")]]
@@ -115,6 +122,23 @@ def main(argv: list[str] | None = None) -> int:
         export(run_dir, target, args=args, steps=steps, split=split, ceiling=ceiling, command=command)
         print(f"exported to {target}")
     return 0
+
+
+def keep_shipped_stages(args, channels: int, shipped: Path, reconstruct: Path) -> None:
+    """Seed ``reconstruct/`` with the shipped networks of the ``--keep`` stages, marked done, and freshly
+    initialised networks for the others (each stage trains the network of its name)."""
+    import rdiff
+
+    backbone = rdiff.create_backbone(args.backbone, preset=args.preset, channels=channels)
+    unknown = [stage for stage in args.keep if stage not in backbone.stages]
+    if unknown:
+        raise SystemExit(f"--keep: '{unknown[0]}' is not a stage of {args.backbone} ({', '.join(backbone.stages)})")
+    for network, module in backbone.networks().items():
+        if network in args.keep:
+            shutil.copytree(shipped / "reconstruct" / network, reconstruct / network)
+        else:
+            module.save_pretrained(reconstruct / network)
+    (reconstruct / "stages.json").write_text(json.dumps({"done": [s for s in backbone.stages if s in args.keep]}))
 
 
 def measure_ceiling(run, tests: list[Path]) -> dict:
@@ -172,6 +196,12 @@ def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command)
     shown = " ".join(["python", "tools/pretrain.py", "--backbone", args.backbone, "--modality", args.modality,
                       "--preset", args.preset, "--data", "DIR"])
     metrics = sorted(ceiling["phase1"])
+    kept = (f" (the {', '.join(args.keep)} kept from the previous release, trained as above; the time is the "
+            f"other stages')") if args.keep else ""
+    model = config["model"]
+    denoiser = (f"prediction `{model.get('prediction')}`, pretext `{model.get('pretext')}` (phase 1 conditions on "
+                f"the modality's degraded copies), sampling from `sample_strength` {model.get('sample_strength')} of the schedule"
+                if model.get("prediction") == "residual" else f"prediction `{model.get('prediction')}`, pretext `{model.get('pretext')}`")
     table = "\n".join([f"| | {' | '.join(metrics)} |", "|---" * (len(metrics) + 1) + "|",
                        *[f"| {label} | {' | '.join(str(ceiling[key][m]) for m in metrics)} |"
                          for key, label in (("phase1", "phase 1, D(E(x))"), ("bicubic", "bicubic round trip"))
@@ -189,7 +219,8 @@ trained self-supervised on clean {args.modality} images. Adapt them to a dataset
 - **Reproduce:** `{shown}` (DIR: the dataset's folder), which runs
   `{' '.join(command[:command.index('--data')])} --data OUT/train ...` with the steps below.
 - **Steps:** {', '.join(f'{k} {v}' for k, v in steps.items())}; trained in {ceiling.get('train_seconds', 0) / 60:.0f} min
-  on {ceiling.get('train_threads', 2)} CPU thread(s).
+  on {ceiling.get('train_threads', 2)} CPU thread(s){kept}.
+- **Denoiser:** {denoiser}.
 - **Size:** {size / 1e6:.1f} MB of safetensors.
 - **Fidelity ceiling** on the {ceiling['images']} held-out `test` files, whole, at the working scale
   (longest side {ceiling['scale']} px), inside the region of interest:

@@ -21,9 +21,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +55,20 @@ def _swap_into_place(tmp: Path, final: Path, keep_previous: bool) -> None:
     os.replace(tmp, final)
 
 
-def _tmp_dir(final: Path) -> Path:
+@contextmanager
+def _writing(final: Path, keep_previous: bool) -> Any:
+    """A temporary folder beside ``final`` to fill, swapped into place after the block, removed if it fails; a failed
+    write that safetensors reports as its own error (errno in the text) becomes that OSError, naming ``final``."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return temp_dir_beside(final)
+    tmp = temp_dir_beside(final)
+    try:
+        yield tmp
+        _swap_into_place(tmp, final, keep_previous=keep_previous)
+    except Exception as exc:
+        code = None if isinstance(exc, OSError) else re.search(r"os error (\d+)", str(exc))
+        raise (OSError(int(code[1]), os.strerror(int(code[1])), str(final)) if code else exc) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -83,15 +97,11 @@ def write_weights(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_network(net: nn.Module, directory: Path) -> None:
-    tmp = _tmp_dir(directory)
-    try:
+    with _writing(directory, keep_previous=False) as tmp:
         if hasattr(net, "save_pretrained"):
             net.save_pretrained(tmp, safe_serialization=True)
         else:
             save_file(_contiguous(net.state_dict()), tmp / "model.safetensors")
-        _swap_into_place(tmp, directory, keep_previous=False)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def network_file(directory: Path) -> Path:
@@ -127,16 +137,13 @@ def save_checkpoint(directory: str | Path, *, tensors: dict[str, dict[str, torch
     ``info``: JSON-safe facts (phase, stage, step) saved in the manifest.
     """
     directory = Path(directory)
-    tmp = _tmp_dir(directory)
-    try:
+    with _writing(directory, keep_previous=True) as tmp:
         for name, weights in tensors.items():
             save_file(_contiguous(weights), tmp / f"{name}.safetensors")
-        torch.save(state, tmp / "state.pt")
+        torch.save(state, buffer := io.BytesIO())  # to memory: Python's file write says why it failed, torch's not
+        write_bytes(tmp / "state.pt", buffer.getvalue())
         files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
         write_json(tmp / MANIFEST, {"info": info, "files": files})
-        _swap_into_place(tmp, directory, keep_previous=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
@@ -167,13 +174,9 @@ def verify(directory: Path) -> str | None:
     except (OSError, ValueError) as exc:
         return f"unreadable manifest: {exc}"
     for name, expected in manifest.get("files", {}).items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != expected["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, expected {expected['bytes']}"
-        if _sha256(path) != expected["sha256"]:
-            return f"{name} does not match its checksum"
+        why = _weight_problem(directory / name, expected)  # the same checks as a run's final weights
+        if why:
+            return f"{name} {why}"
     return None
 
 

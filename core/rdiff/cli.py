@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,19 @@ RUN_FLAGS = ("backbone", "modality", "adaptor", "preset", "data", "pairs", "seed
 # --- configuration from flags ---------------------------------------------------------------------------------
 
 
+def number(kind: type = int, at_least: float = 0, positive: bool = False) -> Any:
+    """``type=`` of every numeric option of every command (tests/test_options.py checks): a finite ``kind`` of at
+    least ``at_least`` (above 0 if ``positive``); argparse refuses nan, inf or -3 naming the option, before any work."""
+    def parse(text: str) -> Any:
+        with suppress(ValueError):
+            if math.isfinite(value := kind(text)) and value >= at_least and (value > 0 or not positive):
+                return value
+        bound = "above 0" if positive else f"of at least {at_least}"
+        raise argparse.ArgumentTypeError(f"expected a {'whole' if kind is int else 'finite'} number {bound}, not '{text}'")
+    parse.kind, parse.at_least, parse.positive = kind, at_least, positive  # for the test that walks every option
+    return parse
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="backbone name (rdiff list backbones); default ldm-unet")
     p.add_argument("--modality", help="modality name (rdiff list modalities); default fundus")
@@ -31,7 +46,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="folder of unpaired images (default: the modality's embedded sample data)")
     p.add_argument("--pairs", help="folder with lq/ and hq/ of matching file stems (default: degrade on the fly)")
     p.add_argument("--out", help="run directory (default: runs/<backbone>-<modality>-<preset>, numbered if taken)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=number(int), help="random seed (default 0)")
     _add_common_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
@@ -44,10 +59,6 @@ def _add_common_config_flags(p: argparse.ArgumentParser) -> None:
 
 def _flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def _fresh_run_dir(config: Any) -> Path:
-    return _numbered(Path("runs") / f"{config.backbone}-{config.modality}-{config.preset}")
 
 
 def _numbered(base: Path) -> Path:
@@ -113,11 +124,11 @@ def cmd_train(args: argparse.Namespace, phases: tuple[str, ...] = ("reconstruct"
     else:
         config, phases = train_config(args, phases)
         if out is None:
-            out = Path(config.out) if config.out else _fresh_run_dir(config)
+            out = Path(config.out or _numbered(Path("runs") / f"{config.backbone}-{config.modality}-{config.preset}"))
         if (out / "config.yaml").exists():
             raise UserError(f"run directory '{out}' already holds a run; pass --resume to continue it or "
                             f"choose another --out.")
-        config.out = str(out)
+        config.out = args.out = str(out)  # args.out: where a failed write finds the checkpoints kept
     report = run(config, out, phases=phases, resume=args.resume, cli_args=args, note=note)
     _print_summary(out, report)
     return 0
@@ -128,24 +139,22 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from rdiff import pretrained as shipped
     from rdiff import resume
     from rdiff.config import RunConfig, build, load_yaml, merge, parse_set, to_dict
     from rdiff.engine import run
     from rdiff.registry import resolve_config
+    from rdiff.run import holds_results
 
-    from rdiff import pretrained as shipped
-
-    if args.source.startswith(shipped.PREFIX):
-        # shipped weights live in the installed package: the adapted run is always a new directory
-        checkpoint = shipped.get_pretrained(args.source)
+    checkpoint = shipped.get_pretrained(args.source) if args.source.startswith(shipped.PREFIX) else None
+    if checkpoint:  # shipped weights live in the installed package: the adapted run is always a new directory
         source = checkpoint.directory
-        if not args.out:
-            args.out = str(_numbered(Path("runs") / f"{checkpoint.name}-adapted"))
+        args.out = args.out or str(_numbered(Path("runs") / f"{checkpoint.name}-adapted"))
     else:
         source = Path(args.source)
     if not (source / "config.yaml").is_file():
         raise UserError(f"--from '{source}' is not an rdiff run directory (it has no config.yaml).")
-    if args.source.startswith(shipped.PREFIX):  # adapted as `rdiff train --pretrained` adapts it
+    if checkpoint:  # adapted as `rdiff train --pretrained` adapts it
         base = to_dict(resolve_config([{"backbone": checkpoint.backbone, "preset": checkpoint.preset,
                                         "modality": checkpoint.modality, "model": shipped.phase1_model(checkpoint)}]))
     else:
@@ -166,7 +175,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             # phase 1 is referenced, not copied: one reconstruction serves many adaptations
             layers.append({"reconstruct_from": str((Path(base["reconstruct_from"]) if base.get("reconstruct_from")
                                                     else source).resolve()), "out": str(out)})
+        elif not args.resume and holds_results(source / "adapt"):  # a finished result is replaced only if asked
+            raise UserError(f"run '{source}' already holds a phase 2 in '{source / 'adapt'}'; adapt into a new run "
+                            f"directory with --out NEW_RUN, or continue this one with --resume.")
         config = resolve_config(layers)
+        if checkpoint:  # a model key the shipped weights were not trained with is named before anything loads
+            shipped.check_model(checkpoint, config.model)
     report = run(config, out, phases=("adapt",), resume=args.resume, cli_args=args, note=note)
     _print_summary(out, report)
     return 0
@@ -247,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "or the modality's embedded sample for shipped weights)")
     p.add_argument("--pairs", help="folder with lq/ and hq/ (default: degrade on the fly)")
     p.add_argument("--out", help="new run directory referencing RUN's phase 1 (default: write RUN/adapt/)")
-    p.add_argument("--seed", type=int, help="random seed (default: the run's)")
+    p.add_argument("--seed", type=number(int), help="random seed (default: the run's)")
     _add_common_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue phase 2 from its last checkpoint")
     p.set_defaults(handler=cmd_adapt)
@@ -258,12 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--path", help="the backbone's enhancement path: fast (adapted autoencoder alone), sample "
                                   "(DDIM) or a name rdiff evaluate reports, e.g. ddim10 (default: the run's preset)")
-    p.add_argument("--steps", type=int, help="DDIM steps for --path sample")
-    p.add_argument("--eta", type=float, help="DDIM eta (default: the run's, 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
-    p.add_argument("--tile", type=int, help="tile side in pixels (default: the run's)")
-    p.add_argument("--overlap", type=int, help="tile overlap in pixels")
-    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
+    p.add_argument("--steps", type=number(int, 1), help="DDIM steps for --path sample")
+    p.add_argument("--eta", type=number(float), help="DDIM eta (default: the run's, 1.0)")
+    p.add_argument("--seed", type=number(int), default=0, help="seed of the sampling noise (default 0)")
+    p.add_argument("--tile", type=number(int, 1), help="tile side in pixels (default: the run's)")
+    p.add_argument("--overlap", type=number(int), help="tile overlap in pixels")
+    p.add_argument("--batch", type=number(int, 1), default=1, help="tiles per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="inference precision (float16 on GPUs only)")
@@ -279,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="folder of clean held-out images: each scored whole at the run's working scale, "
                                   "degraded by the run's modality (a folder split by subject: rdiff bench --data)")
     p.add_argument("--pairs", help="folder with lq/ and hq/: real pairs, scored whole at native resolution")
-    p.add_argument("--crops", type=int,
+    p.add_argument("--crops", type=number(int, 1),
                    help="number of embedded held-out crops (default: the run's eval.crops; not used with --data or --pairs)")
     p.add_argument("--paths", help="comma-separated paths to score (default: all), e.g. fast,ddim10")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -330,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     from rdiff.plugins import plugins
 
     short_warnings()
-    command = None
+    command = args = None
     try:
         plugins().warn_broken()
         parser = build_parser()
@@ -342,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rdiff: error: {line}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
-        kept = " The last complete checkpoint is kept (resume with --resume)." if command in TRAINING else ""
-        print(f"rdiff: error: {describe_os_error(exc)}{kept}", file=sys.stderr)
+        run_dir = getattr(args, "out", None) or getattr(args, "source", None)  # a failure before any checkpoint keeps none
+        kept = command in TRAINING and run_dir and any(Path(run_dir).rglob("checkpoint*"))
+        print(f"rdiff: error: {describe_os_error(exc)}" + " The last complete checkpoint is kept (resume with --resume)."
+              * bool(kept), file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print(f"rdiff: {interrupted_message(command)}", file=sys.stderr)

@@ -9,7 +9,9 @@ dotted name and the closest valid key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -25,7 +27,13 @@ from rdiff.errors import UserError, did_you_mean
 class _Loader(yaml.SafeLoader):
     """YAML as users mean it: only true/false are booleans (as in YAML 1.2). PyYAML follows YAML 1.1, where
     no, off, yes, on, y and n are booleans too, so ``--set train.mixed_precision=no`` arrived as False and a
-    key ``no:`` as the key False."""
+    key ``no:`` as the key False. A key given twice is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = [(self.construct_object(k), k.start_mark.line + 1) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        for key, line in (pair for i, pair in enumerate(keys) if pair[0] in [k for k, _ in keys[:i]]):
+            raise yaml.MarkedYAMLError(problem=f"the key '{key}' is given twice (again on line {line})")
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -176,15 +184,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return int(value)
         raise UserError(f"config key '{where}' must be a whole number, not {value!r}.")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 (PyYAML) reads '2e-4' (no dot) as a string; a user means the number
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{where}' must be a number, not {value!r}.")
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads '2e-4' (no dot) as a string; a user means the number
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None or not math.isfinite(number):  # nan or inf would train or sample garbage
+            raise UserError(f"config key '{where}' must be a {'finite ' * (number is not None)}number, not {value!r}.")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -246,6 +252,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file '{path}' does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not UTF-8: before any run began
+        raise UserError(f"config file '{path}' cannot be read as UTF-8 text ({getattr(exc, 'reason', None) or exc.strerror}).") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}.") from None
     if data is None:

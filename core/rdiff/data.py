@@ -91,8 +91,7 @@ def load_items(modality: Modality, data: str | None, split: str, resize: int | N
                 raise UserError(f"'{name}' is the only image and too narrow to hold a quarter out for evaluation "
                                 f"with {min_size}-px crops; add more images or set train.image_size lower.")
             raw = [(img[:, cut:] if split == "heldout" else img[:, :cut], name)]
-    items = [Item(img, modality.roi(img), name) for img, name in raw]
-    return items
+    return [Item(img, modality.roi(img), name) for img, name in raw]
 
 
 SPLITS = ("train", "pairs", "test")
@@ -225,11 +224,10 @@ class CleanCrops(Dataset):
         rng = np.random.default_rng([self.seed, index])
         item = _pick(rng, self.items)
         y, x = random_crop(rng, item.image, item.roi, self.size)
-        image, roi = augment(rng, item.image[y:y + self.size, x:x + self.size], item.roi[y:y + self.size, x:x + self.size])
-        batch = {"clean": to_tensor(image), "roi": to_tensor(roi)}
-        if self.modality is not None:
-            batch["degraded"] = to_tensor(self.modality.degrade(image, roi, rng)[0])
-        return batch
+        # the whole image is degraded, then cropped: sizes (blur, illumination) are fractions of the field
+        images = [item.image, item.roi] + ([self.modality.degrade(item.image, item.roi, rng)[0]] if self.modality else [])
+        image, roi, *degraded = augment(rng, *(a[y:y + self.size, x:x + self.size] for a in images))
+        return {"clean": to_tensor(image), "roi": to_tensor(roi)} | ({"degraded": to_tensor(degraded[0])} if degraded else {})
 
 
 class PairCrops(Dataset):

@@ -27,7 +27,7 @@ from rdiff.registry import create_adaptor, create_components, create_modality
 from rdiff.report import build_report, carry_times
 from rdiff.run import (discard_untrained, load_phase1, mark_stages_done, reconstruct_dir, stages_done, truncate_log,
                        write_config)
-from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, optimisers, resume_from, stable_seed
+from rdiff.training import BestSoFar, Fit, TrainingModule, ema_weights, optimisers, progress, resume_from, stable_seed
 
 
 class Engine:
@@ -74,10 +74,11 @@ class Engine:
         if self.is_main:
             tqdm.write(f"rdiff: {message}")
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> None:  # a line of metrics.jsonl, also shown to the observers
         if self.is_main:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            self.hook.rdiff_step_end(phase=record["phase"], stage=record["stage"], step=record["step"], logs=record)
 
     # --- phase 1 ---------------------------------------------------------------------------------------------
     def reconstruct(self) -> None:
@@ -215,8 +216,8 @@ class Engine:
 
         if step == 0:
             validate()  # the starting point (for adaptors: the reconstruction-only model)
-        bar = tqdm(total=fit.steps, initial=step, desc=f"{fit.phase}:{fit.stage}", disable=not self.is_main,
-                   dynamic_ncols=True)
+        bar = progress(total=fit.steps, initial=step, desc=f"{fit.phase}:{fit.stage}", disable=not self.is_main,
+                       dynamic_ncols=True)
         model.train()
         bad, started, seen = 0, time.perf_counter(), 0
         for batch in batches:
@@ -258,9 +259,7 @@ class Engine:
                           "images_per_s": float(f"{seen / max(time.perf_counter() - started, 1e-9):.3g}"),
                           **{k: round(float(v), 6) for k, v in logs.items()}}
                 self.log(record)
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                if self.is_main:
-                    self.hook.rdiff_step_end(phase=fit.phase, stage=fit.stage, step=step, logs=record)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)  # shown at the next redraw
             if fit.val_every and (step % fit.val_every == 0 or step == fit.steps):
                 validate()
             if step % train.checkpoint_every == 0 or step == fit.steps:

@@ -5,25 +5,18 @@ runs a backbone over overlapping tiles and blends them back without seams:
 
 - **Geometry.** The image is first given to the modality (:meth:`rdiff.Modality.preprocess`, e.g. crop to
   the field of view and pad to a square) and the result is mapped back with the function it returns.
-- **Tiles.** The working image is covered by ``tile``-sized tiles on a stride of ``tile - overlap``; every
-  tile origin and size is a multiple of the backbone's ``size_multiple`` (the last tile of a row is moved
-  back to end at the border instead of being cut short). A tile that reaches past the border by less than
-  one size multiple is reflect-padded there and cropped afterwards. Images no larger than ``tile`` run in
-  one pass.
-- **Blending.** Each tile's output is weighted by a separable window that is flat in the tile's middle and
-  falls off with a raised cosine over the part it shares with each neighbour (flat on sides that touch the
-  image border, so the border keeps full weight). Opposite ramps of two neighbours sum to one, so a smooth
-  image stays smooth; the accumulated sum is divided by the accumulated weight at the end. The outer
-  quarter of each overlap gets weight 0, so a tile's own border pixels — where a network's zero padding
-  shows — never reach the output.
+- **Tiles.** Each axis is cut into as few equal tiles of at most ``tile`` px as cover it with ``overlap`` px
+  shared (:func:`_plan_axis`); origins and sizes are multiples of the backbone's ``size_multiple``, and a
+  tile reaching past the border is reflect-padded there. Images no larger than ``tile`` run in one pass.
+- **Blending.** Each tile's output is weighted by a separable window, flat in its middle and ramping over
+  what it shares with each neighbour (:func:`_ramp`); the weighted sum is divided by the summed weight.
 - **Memory.** Only one float32 output and one float32 weight map of the image's size exist at a time; tiles
   are cut, enhanced and accumulated one batch at a time, so peak memory grows with ``tile`` and ``batch``,
   not with the image.
 - **Region of interest.** Tiles with no roi pixel are never computed, and every pixel outside the roi is
   copied bit for bit from the input at the end (the black surround of a fundus photograph stays black).
-- **Shared noise.** Sampling paths of latent backbones get their initial noise from *one* field drawn for
-  the whole (padded) image from ``seed``; each tile receives its crop, so overlapping tiles start from the
-  same noise where they overlap and the result does not depend on where the tile borders fall.
+- **Shared noise.** Sampling paths of latent backbones crop each tile's initial noise from one field drawn
+  for the whole image (:func:`_shared_noise`), so overlapping tiles start from the same noise.
 
 :func:`enhance_files` is what ``rdiff enhance`` runs: files, folders or glob patterns in, the same formats
 and bit depths out, one failed file reported and skipped without stopping the rest.
@@ -243,12 +236,9 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     step, decoder): each network is tiled on its own, so an iterative path works on one whole latent and
     its steps cannot drift apart where tiles overlap (see :meth:`rdiff.Reconstructor.tiles_itself`).
 
-    ``fn`` gets each tile (or the whole ``x``) as a contiguous channels-last tensor. rdiff's networks
-    normalise over channels in channels-last (:class:`rdiff_layers.ChannelNorm`) and their convolutions
-    keep the layout they are given, so a channels-first input is converted back and forth around every
-    norm and residual sum: on one CPU thread ldm-unet tiny's decoder took 20 % and its encoder 25 % longer
-    per pixel. (In a plain ``D(E(x))`` only the encoder pays: the latent it hands the decoder is
-    channels-last already.)
+    ``fn`` gets each tile (or the whole ``x``) as a contiguous channels-last tensor, the layout in which
+    rdiff's networks normalise (:class:`rdiff_layers.ChannelNorm`): a channels-first input is converted back
+    and forth around every norm, 20-25 % slower per pixel for ldm-unet tiny on one CPU thread.
     """
     height, width = x.shape[-2:]
     if height <= tile and width <= tile:
@@ -476,8 +466,10 @@ def _eval_mode(backbone: Reconstructor) -> Iterator[None]:
 # --- files -----------------------------------------------------------------------------------------------------
 
 
-def _output_path(out_dir: Path, relative: Path, suffix: str | None) -> Path:
-    return out_dir / relative.parent / f"{relative.stem}{suffix or ''}{relative.suffix}"
+def _output_names(relative: Path, suffix: str | None, compare: bool) -> list[Path]:
+    """The enhanced file of an input and, with ``compare``, its side-by-side image, relative to ``--out``."""
+    stem = f"{relative.stem}{suffix or ''}"
+    return [relative.parent / (stem + relative.suffix)] + [relative.parent / (stem + "_compare.png")] * compare
 
 
 def _side_by_side(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -517,23 +509,13 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     dtype = _DTYPE_NAMES[resolve_dtype(dtype, target)]  # refused or warned about once, not once per file
 
     out_dir = Path(out_dir)
-    jobs = []
-    seen: dict[Path, Path] = {}
-    for file, relative in images.expand_inputs(list(inputs), tuple(modality.suffixes)):
-        output = _output_path(out_dir, relative, suffix)
-        if output.resolve() == file.resolve():
-            raise UserError(f"enhancing '{file}' would overwrite it; choose another output folder (--out) or a "
-                            f"suffix for the output names (--suffix).")
-        if output.resolve() in seen:
-            raise UserError(f"'{file}' and '{seen[output.resolve()]}' would both be written to '{output}'; "
-                            f"enhance them into different folders.")
-        seen[output.resolve()] = file
-        jobs.append((file, relative, output))
-
+    jobs = images.plan_outputs(images.expand_inputs(list(inputs), tuple(modality.suffixes)), out_dir,
+                               lambda rel: _output_names(rel, suffix, compare),
+                               "choose another output folder (--out) or a suffix for the output names (--suffix)")
     failed: list[str] = []
     started = time.perf_counter()
     with on_device(backbone, target), tqdm(jobs, unit="image", disable=None) as bar:
-        for file, relative, output in bar:
+        for file, relative, (output, *side_by_side) in bar:
             bar.set_postfix_str(str(relative), refresh=False)
             began = time.perf_counter()
             try:
@@ -542,18 +524,15 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
                                          tile=tile, overlap=overlap, batch=batch, device=target, dtype=dtype,
                                          preserve_color=preserve_color, progress=not bar.disable)
                            for image in stack]
+                if not all(np.isfinite(result).all() for result in results):  # written, NaN would turn black
+                    raise UserError(f"enhancing '{file}' gave NaN or infinite values, so it was not written.")
                 modality.write_stack(output, results, like=file)
-                if compare:
-                    middle = len(stack) // 2
-                    images.write_image(output.with_name(f"{output.stem}_compare.png"),
-                                       _side_by_side(stack[middle], results[middle]), bits=8)
-            except UserError as exc:
+                for middle, name in ((len(stack) // 2, name) for name in side_by_side):
+                    images.write_image(name, _side_by_side(stack[middle], results[middle]), bits=8)
+            except (UserError, OSError) as exc:  # disk full, read-only folder: reported and skipped like a bad file
                 failed.append(str(relative))
-                tqdm.write(f"FAILED {relative}: {exc}", file=sys.stderr)
-                continue
-            except OSError as exc:  # disk full, read-only folder: reported and skipped like a bad file
-                failed.append(str(relative))
-                tqdm.write(f"FAILED {relative}: {describe_os_error(exc)}", file=sys.stderr)
+                tqdm.write(f"FAILED {relative}: {describe_os_error(exc) if isinstance(exc, OSError) else exc}",
+                           file=sys.stderr)
                 continue
             height, width = stack[0].shape[:2]
             size = f"{width}×{height}" + (f"×{len(stack)}" if len(stack) > 1 else "")

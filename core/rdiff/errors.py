@@ -37,9 +37,9 @@ _REASONS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is r
             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
             errno.EDQUOT: "the disk quota is exceeded", errno.ENOENT: "no such file or folder",
             errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EISDIR: "it is a folder",
-            errno.EEXIST: "it already exists"}
+            errno.EEXIST: "it already exists", errno.EFBIG: "the file would exceed the largest size allowed"}
 _SPACE, _WRITABLE = "free some space or choose another output folder", "choose a folder you may write to"
-_HINTS = {errno.ENOSPC: _SPACE, errno.EDQUOT: _SPACE, errno.EROFS: "choose a writable output folder",
+_HINTS = {errno.ENOSPC: _SPACE, errno.EDQUOT: _SPACE, errno.EFBIG: _SPACE, errno.EROFS: "choose a writable output folder",
           errno.EACCES: _WRITABLE, errno.EPERM: _WRITABLE}
 
 

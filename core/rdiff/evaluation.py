@@ -9,15 +9,15 @@ to synchronise, so the other processes never wait in a collective call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics import MetricCollection
 
 from rdiff.data import Pair, stack
+from rdiff.metrics import metric_collection
 from rdiff.modality import Modality
 from rdiff.errors import UserError
 from rdiff.reconstructor import Reconstructor
@@ -57,11 +57,6 @@ def heldout_pairs(modality: Modality, config: Any, *, data: str | None = None, s
     return degraded_crops(modality, items, train.image_size, crops or config.eval.crops, config.eval.seed)
 
 
-def _batches(items: list[Pair], size: int) -> Iterator[list[Pair]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 @torch.no_grad()
 def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor], torch.Tensor],
           device: torch.device, batch_size: int = 16, by_type: bool = True,
@@ -69,9 +64,9 @@ def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor
     """Metrics of ``produce(lq)`` against hq over ``pairs``, overall and by degradation type (``only``: the
     modality's metrics of these names alone)."""
     overall = modality.metrics()
-    overall = local_metrics((MetricCollection({n: overall[n] for n in only}) if only else overall).to(device))
+    overall = local_metrics((metric_collection({n: overall[n] for n in only}) if only else overall).to(device))
     types: dict[str, Any] = {}
-    for chunk in _batches(pairs, batch_size):
+    for chunk in (pairs[start:start + batch_size] for start in range(0, len(pairs), batch_size)):
         batch = {k: v.to(device) for k, v in stack(chunk).items()}
         out = produce(batch["lq"]).float().clamp(0, 1)
         overall.update(out, batch["hq"], batch["roi"])
@@ -80,25 +75,17 @@ def score(modality: Modality, pairs: list[Pair], produce: Callable[[torch.Tensor
                 if kind not in types:
                     types[kind] = local_metrics(modality.metrics().to(device))
                 types[kind].update(out[i:i + 1], batch["hq"][i:i + 1], batch["roi"][i:i + 1])
-    result = {k: _number(v) for k, v in overall.compute().items()}
+    result = {k: round(float(v), 4) for k, v in overall.compute().items()}
     if types:
-        result["by_type"] = {kind: {k: _number(v) for k, v in m.compute().items()} for kind, m in sorted(types.items())}
+        result["by_type"] = {kind: {k: round(float(v), 4) for k, v in m.compute().items()} for kind, m in sorted(types.items())}
     return result
 
 
 def local_metrics(collection: Any) -> Any:
     """Metrics that never synchronise across processes (only the main process evaluates)."""
     for metric in collection.values():
-        metric.distributed_available_fn = _never
+        metric.distributed_available_fn = lambda: False
     return collection
-
-
-def _never() -> bool:
-    return False
-
-
-def _number(value: torch.Tensor) -> float:
-    return round(float(value), 4)
 
 
 def enhancer(backbone: Reconstructor, choice: tuple[str, Any], device: torch.device, seed: int,
@@ -124,11 +111,14 @@ def evaluate(backbone: Reconstructor, modality: Modality, pairs: list[Pair], *, 
     report: dict[str, Any] = {"crops": len(pairs), "input": score(modality, pairs, lambda lq: lq, device)}
     report["paths"] = {name: score(modality, pairs, enhancer(backbone, choice, device, seed, autocast), device)
                        for name, choice in options.items()}
-    if backbone.adaptor is not None and "fast" in options:
+    report = with_default(report, backbone, config)
+    if backbone.adaptor is not None:  # zero pairs: the phase-1 model alone on the default path
         with backbone.base_only():
-            report["reconstruct_only"] = score(modality, pairs, enhancer(backbone, options["fast"], device, seed,
-                                                                         autocast), device)
-    return with_default(report, backbone, config)
+            choice = options.get(report["default_path"]) or backbone.resolve_path(report["default_path"],
+                                                                                  **sampling_settings(config))
+            report["reconstruct_only"] = score(modality, pairs, enhancer(backbone, choice, device, seed, autocast), device)
+        report["reconstruct_only_path"] = report["default_path"]
+    return report
 
 
 def with_default(report: dict[str, Any], backbone: Reconstructor, config: Any) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class Entry:
     capabilities: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     presets: dict[str, dict] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # training defaults of an adaptor or modality
 
 
 class NameTaken(ValueError):
@@ -65,7 +66,7 @@ class NameTaken(ValueError):
 class Register:
     """The callable a ``rdiff_register_*`` hook receives.
 
-    ``register(name, build, *, config=None, summary="", capabilities=(), requires=(), presets=None)``
+    ``register(name, build, *, config=None, summary="", capabilities=(), requires=(), presets=None, train=None)``
 
     - ``build``: backbone ``build(config, channels)``, adaptor ``build(config, backbone)``,
       modality ``build(config)``; called only when the component is used.
@@ -75,6 +76,8 @@ class Register:
       partial run configurations) describe the component; a plugin may keep them in a YAML file of its
       own and pass them on with ``register(name, build, config=..., **declarations(__name__)[kind][name])``
       (:func:`rdiff.plugins.declarations`), as the built-in plugins do.
+    - ``train`` (adaptors, modalities): its own ``train.*`` defaults, e.g. ``{"adapt_lr": 1e-2}`` for a small
+      adaptor; over the backbone's preset, under ``--config``, flags and ``--set`` (docs/configuration.md).
     """
 
     def __init__(self, table: dict[str, Entry], kind: str, plugin: str,
@@ -83,7 +86,7 @@ class Register:
 
     def __call__(self, name: str, build: Callable[..., Any], *, config: type | None = None, summary: str = "",
                  capabilities: tuple[str, ...] | list[str] = (), requires: tuple[str, ...] | list[str] = (),
-                 presets: dict[str, dict] | None = None) -> None:
+                 presets: dict[str, dict] | None = None, train: dict[str, Any] | None = None) -> None:
         table = self._table
         if name in table:
             # a name belongs to whoever registered it first (built-ins register first)
@@ -93,7 +96,7 @@ class Register:
                             f"may not take it over, so it was left out (to replace '{first}', block it with "
                             f"RDIFF_BLOCK_PLUGINS={first})")
         table[name] = Entry(self._kind, name, build, config, summary, self._plugin,
-                            tuple(capabilities), tuple(requires), dict(presets or {}))
+                            tuple(capabilities), tuple(requires), dict(presets or {}), dict(train or {}))
 
 
 # --- registration: what a plugin provides -------------------------------------------------------------
@@ -114,9 +117,9 @@ def rdiff_register_backbones(register: Register) -> None:
 def rdiff_register_adaptors(register: Register) -> None:
     """Register phase-2 adaptors (subclasses of :class:`rdiff.Adaptor`).
 
-    ``register(name, build=..., config=..., summary=..., requires=(...))``. ``build(config, backbone)``
-    returns the adaptor, already attached to the frozen backbone. ``requires`` lists backbone
-    capabilities; a backbone lacking one is refused before ``build`` is called.
+    ``register(name, build=..., config=..., summary=..., requires=(...), train={...})``: ``build(config,
+    backbone)`` returns the adaptor, already attached to the frozen backbone; ``requires`` lists backbone
+    capabilities (a backbone lacking one is refused before ``build`` is called); ``train``: see ``Register``.
     """
 
 
@@ -124,7 +127,7 @@ def rdiff_register_adaptors(register: Register) -> None:
 def rdiff_register_modalities(register: Register) -> None:
     """Register modalities (subclasses of :class:`rdiff.Modality`).
 
-    ``register(name, build=..., config=..., summary=...)``. ``build(config)`` returns the modality.
+    ``register(name, build=..., config=..., summary=..., train={...})``. ``build(config)`` returns the modality.
     """
 
 
@@ -172,10 +175,12 @@ def rdiff_run_started(run_dir: Path, config: Any, cli_args: Any) -> None:
 
 @hookspec
 def rdiff_step_end(phase: str, stage: str, step: int, logs: dict[str, float]) -> None:
-    """An optimisation step finished (main process only). ``phase`` is ``reconstruct``, ``adapt`` or
-    ``scratch`` (the from-scratch baseline of ``rdiff bench``); ``stage`` the backbone stage (e.g.
-    ``autoencoder``, ``denoiser``), or ``adapt`` / ``scratch``; ``logs`` the
-    numbers written to metrics.jsonl for this step."""
+    """A line was written to metrics.jsonl (main process only); ``logs`` is that line. ``phase`` is ``reconstruct``,
+    ``adapt`` or ``scratch`` (``rdiff bench``'s from-scratch baseline); ``stage`` the backbone stage (e.g.
+    ``autoencoder``), or ``adapt`` / ``scratch``. It fires every ``train.log_every`` steps and at a stage's last step
+    (``loss``, ``lr``, ``images_per_s``, the loss's own terms); after each phase-2 validation, at step 0 and every
+    ``train.val_every`` steps (``val_psnr``, and ``best_step``: the step whose adaptor is kept so far); and for a
+    step skipped for a non-finite loss (``nonfinite_loss``)."""
 
 
 @hookspec

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +56,8 @@ def to_float(array: np.ndarray, channels: int = 3, name: str = "image") -> np.nd
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim != 3 or array.shape[0] < 2 or array.shape[1] < 2:
-        raise UserError(f"'{name}' is not a 2-D image (shape {tuple(array.shape)}).")
+    if array.ndim != 3 or min(array.shape[:2]) < 2:  # 2×2: the smallest image every resize, pad and metric takes
+        raise UserError(f"'{name}' is too small or not a 2-D image: images need 2×2 px at least (shape {array.shape}).")
     if array.shape[2] in (2, 4):  # drop alpha
         array = array[..., :-1]
     if array.dtype == np.uint8:
@@ -89,12 +90,8 @@ def temp_beside(path: Path, suffix: str = "") -> tuple[int, str]:
     """A new temporary file next to ``path`` for an atomic write (write it, then ``os.replace``): an open
     descriptor and its name. It is created as any file is, so the umask sets its permissions (``mkstemp``
     would make it private, and so would be every file written through it)."""
-    for name in _temp_names(path, suffix):
-        try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(name)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name next to '{path}'")
+    fd, name = _create_beside(path, suffix, lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return fd, str(name)
 
 
 @contextmanager
@@ -107,6 +104,9 @@ def atomic_file(path: str | Path, suffix: str = "") -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a write cut short inside the block (a full disk) names the file it was writing
+        exc.filename = exc.filename or str(path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -114,18 +114,18 @@ def atomic_file(path: str | Path, suffix: str = "") -> Iterator[str]:
 
 def temp_dir_beside(path: Path) -> Path:
     """A new temporary folder next to ``path``, created as any folder is (``mkdtemp`` would make it private)."""
-    for name in _temp_names(path, ".tmp"):
+    return _create_beside(path, ".tmp", lambda name: os.mkdir(name, 0o777))[1]
+
+
+def _create_beside(path: Path, suffix: str, create: Callable[[Path], Any], tries: int = 100) -> tuple[Any, Path]:
+    """``(create(name), name)`` for the first free hidden name ``.NAME.<12 hex>SUFFIX`` next to ``path``."""
+    for _ in range(tries):
+        name = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
         try:
-            os.mkdir(name, 0o777)
-            return name
+            return create(name), name
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name next to '{path}'")
-
-
-def _temp_names(path: Path, suffix: str, tries: int = 100) -> Iterator[Path]:
-    for _ in range(tries):
-        yield path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
 
 
 def write_image(path: str | Path, image: np.ndarray, like: str | Path | None = None, bits: int | None = None) -> Path:
@@ -214,6 +214,7 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> li
     """Files, folders (recursive) and glob patterns -> ``(file, path relative to its input)`` pairs, in order,
     without duplicates. An input that matches nothing raises :class:`UserError` naming it."""
     import glob
+    import itertools
 
     out: list[tuple[Path, Path]] = []
     seen: set[Path] = set()
@@ -226,7 +227,7 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> li
         else:
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
             # names stay relative to the pattern's fixed part, so data/*/x.png keeps its sub-folders apart
-            fixed = Path(*_leading_fixed(Path(spec).parts))
+            fixed = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), Path(spec).parts))
             found = [(m, m.relative_to(fixed) if m.is_relative_to(fixed) else Path(m.name))
                      for m in matches if m.is_file() and m.suffix.lower() in suffixes]
             if not found:
@@ -238,12 +239,20 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> li
     return out
 
 
-def _leading_fixed(parts: tuple[str, ...]) -> list[str]:
-    import glob
-
-    fixed = []
-    for part in parts:
-        if glob.has_magic(part):
-            break
-        fixed.append(part)
-    return fixed
+def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: str | Path, outputs: Callable[[Path], list[Path]],
+                 remedy: str = "choose another output folder (--out)") -> list[tuple[Path, Path, list[Path]]]:
+    """The guard of every command that writes files made from input files into a folder (``enhance``, ``degrade``):
+    ``(file, relative, [output, ...])`` for each :func:`expand_inputs` pair, outputs ``outputs(relative)`` below
+    ``out_dir``; refused before anything is written when one would land outside it, over an input or over another."""
+    out_dir, plan, taken = Path(out_dir), [], {file.resolve(): f"the input '{file}'" for file, _ in inputs}
+    if out_dir.is_file():
+        raise UserError(f"output folder '{out_dir}' is a file; choose another --out.")
+    for file, relative in inputs:
+        plan.append((file, relative, [out_dir / name for name in outputs(relative)]))
+        for output, where in ((output, output.resolve()) for output in plan[-1][2]):
+            if not where.is_relative_to(out_dir.resolve()):
+                raise UserError(f"'{file}' would be written to '{output}', outside the output folder '{out_dir}'.")
+            if where in taken:
+                raise UserError(f"writing '{output}' would overwrite {taken[where]}; {remedy}.")
+            taken[where] = f"the output of '{file}'"
+    return plan

@@ -8,10 +8,18 @@ roi)`` takes ``B×C×H×W`` tensors in [0, 1] and a ``B×1×H×W`` roi (or ``Non
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 PSNR_CAP = 100.0  # identical images score this instead of infinity, so means stay finite
+
+
+def metric_collection(metrics: dict[str, Metric]) -> MetricCollection:
+    """A modality's metrics, reported in the order given (torchmetrics alone sorts them by name), never merged into
+    compute groups (torchmetrics would merge metrics whose states happen to be equal after the first batch)."""
+    collection = MetricCollection(metrics, compute_groups=False)
+    collection._modules = {name: collection._modules[name] for name in metrics}  # nn.Module's table, reordered
+    return collection
 
 
 class MeanOverImages(Metric):

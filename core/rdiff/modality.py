@@ -83,15 +83,11 @@ class Modality(ABC):
 
     # --- metrics --------------------------------------------------------------------------------------
     def metrics(self) -> torchmetrics.MetricCollection:
-        """Full-reference metrics computed inside the roi: ``update(preds, target, roi)`` on batches.
-        The default is PSNR and SSIM; a modality adds its own (e.g. vessel fidelity for fundus)."""
-        import torchmetrics
+        """Full-reference metrics computed inside the roi (``update(preds, target, roi)`` on batches): PSNR and SSIM
+        by default; a modality adds its own in a :func:`rdiff.metrics.metric_collection`, so reports keep its order."""
+        from rdiff.metrics import MaskedPSNR, MaskedSSIM, metric_collection
 
-        from rdiff.metrics import MaskedPSNR, MaskedSSIM
-
-        # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
-        # after the first batch and report one metric's value under the other's name
-        return torchmetrics.MetricCollection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM()}, compute_groups=False)
+        return metric_collection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM()})
 
 
 def choose_degradations(name: str, probabilities: dict[str, float], kinds: tuple[str, ...], rng: Any,

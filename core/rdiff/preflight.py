@@ -1,8 +1,6 @@
-"""Every check that can run before the first training step, so a bad run fails in seconds, not after hours.
-
-A run with the base or paper preset trains phase 1 for hours; a mistake found only when phase 2 starts (a
-pair without its partner, a crop size the backbone cannot halve, a read-only output folder) wastes all of
-it. :func:`check_run` looks at everything a run will use before anything is written to its directory:
+"""Every check that can run before the first training step, so a bad run fails in seconds, not after hours
+(a pair without its partner found when phase 2 starts wastes all of phase 1). :func:`check_run` looks at
+everything a run will use before anything is written to its directory:
 
 - **configuration values**: counts and intervals in range, sizes the backbone can work with, the default
   enhancement path one the backbone has;
@@ -22,6 +20,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -70,31 +69,21 @@ class Problems:
 # --- configuration ------------------------------------------------------------------------------------------
 
 
-def _get(config: Any, dotted: str) -> Any:
-    value = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def config_problems(config: Any, phases: tuple[str, ...] = ("reconstruct", "adapt")) -> list[str]:
     """Values of ``config`` (a RunConfig) out of their range, one sentence each."""
     train, ev = config.train, config.eval
     out = []
+    skipped = () if "adapt" in phases else PHASE_2
     for key, minimum in AT_LEAST.items():
-        if key in PHASE_2 and "adapt" not in phases:
-            continue
-        value = _get(config, key)
-        if value is not None and value < minimum:
+        value = attrgetter(key)(config)  # a dotted key: config.train.lr
+        if key not in skipped and value is not None and value < minimum:
             out.append(f"config key '{key}' must be at least {minimum}, not {value}.")
     for stage, steps in train.steps.items():
         if steps < 1 and "reconstruct" in phases:
             out.append(f"config key 'train.steps.{stage}' must be at least 1, not {steps}.")
     for key in ("train.lr", "train.adapt_lr"):
-        if key in PHASE_2 and "adapt" not in phases:
-            continue
-        value = _get(config, key)
-        if not (value > 0 and math.isfinite(value)):
+        value = attrgetter(key)(config)
+        if key not in skipped and not (value > 0 and math.isfinite(value)):
             out.append(f"config key '{key}' must be a positive number, not {value}.")
     if not (train.clip_grad >= 0 and math.isfinite(train.clip_grad)):
         out.append(f"config key 'train.clip_grad' must be 0 (off) or positive, not {train.clip_grad}.")
@@ -168,11 +157,9 @@ def read_header(path: Path) -> Header | None:
                 read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                         else np.lib.format.read_array_header_2_0)
                 shape = read(f)[0]  # the header only: no data read, nothing unpickled
-            if len(shape) == 2:
-                return Header(shape[1], shape[0], 1)
-            if len(shape) == 3:
-                return Header(shape[2], shape[1], shape[0])
-            return None
+            if len(shape) not in (2, 3):
+                return None
+            return Header(shape[-1], shape[-2], shape[0] if len(shape) == 3 else 1)
         if suffix not in images.SUFFIXES:
             return None
         from PIL import Image
@@ -337,17 +324,13 @@ def space_problems(run_dir: Path, backbone: Any, config: Any) -> list[str]:
         return []  # not knowable here; writing will tell
     if need > free:
         return [f"run directory '{run_dir}' is on a disk with {_mb(free)} free, but this run writes about "
-                f"{_mb(need)} (weights and checkpoints of {_millions(backbone)} parameters); free some space or "
-                f"choose another --out."]
+                f"{_mb(need)} (weights and checkpoints of {sum(p.numel() for p in backbone.parameters()):,} "
+                f"parameters); free some space or choose another --out."]
     return []
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
-
-
-def _millions(backbone: Any) -> str:
-    return f"{sum(p.numel() for p in backbone.parameters()):,}"
 
 
 # --- entry points -------------------------------------------------------------------------------------------
@@ -364,7 +347,7 @@ def check_run(config: Any, run_dir: str | Path, *, phases: tuple[str, ...] = ("r
     if modality is not None:
         if config.data:
             problems.add(*data_problems(modality, config.data, config.train))
-        if config.pairs and "adapt" in phases:
+        if config.pairs:  # checked now even when phase 2 comes later (`rdiff adapt --from RUN` reads it)
             problems.add(*pairs_problems(modality, config.pairs, config.train))
     problems.add(*output_problems(Path(run_dir)))
     problems.raise_if_any()

@@ -155,7 +155,3 @@ def load_into(backbone: Any, checkpoint: Pretrained) -> None:
     except (RuntimeError, OSError, ValueError) as exc:
         raise UserError(f"pretrained '{checkpoint.name}' does not fit backbone '{checkpoint.backbone}' as built "
                         f"here ({str(exc).splitlines()[0]}).") from None
-
-
-def reset() -> None:
-    _registered.cache_clear()

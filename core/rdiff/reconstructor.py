@@ -27,17 +27,11 @@ class AdaptationTarget:
     """
 
     name: str  # dotted path inside the backbone, stable across runs (adaptor weights are keyed by it)
-    # "encoder", "denoiser_down", "denoiser_mid", "denoiser_up", or "image": the input image itself in [0, 1]
-    # before the networks, where an adaptor corrects colour and illumination (the backbone runs that target
-    # on the whole image, never per tile, so a layer there may look across the image)
-    group: str
-    module: nn.Module
-    channels: int
+    group: str  # which part of the backbone: "encoder", "denoiser_down", "denoiser_mid", "denoiser_up", or "image", the input image itself in [0, 1] before the networks, where an adaptor corrects colour and illumination (run on the whole image, never per tile, so a layer there may look across the image)
+    module: nn.Module  # the module whose output is the branch's end
+    channels: int  # channels of that output
     layout: Literal["BCHW", "BLC"] = "BCHW"  # image-shaped features or token sequences
-    # the normalisation an adaptor layer here should use to be as tile-invariant as the block it joins:
-    # "channel" (rdiff_layers.ChannelNorm, no spatial statistics) where the backbone has no GroupNorm;
-    # "none" where the values themselves carry the signal (an image's brightness and colour)
-    norm: Literal["group", "channel", "none"] = "group"
+    norm: Literal["group", "channel", "none"] = "group"  # the normalisation an adaptor layer here should use to be as tile-invariant as the block it joins: "channel" (rdiff_layers.ChannelNorm, no spatial statistics) where the backbone has no GroupNorm, "none" where the values themselves carry the signal (an image's brightness and colour)
 
 
 class Reconstructor(nn.Module, ABC):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rdiff.config import RunConfig, build, merge, to_dict
 from rdiff.errors import UserError, did_you_mean
-from rdiff.plugins import plugins
+from rdiff.plugins import catalogue, plugins
 
 if TYPE_CHECKING:
     from rdiff.adaptor import Adaptor
@@ -32,7 +32,7 @@ def list_modalities() -> list[str]:
 def get_preset(backbone: str, name: str) -> dict[str, Any]:
     """The named preset of a backbone: a partial run configuration (``model``, ``train``, ``eval``)."""
     entry = plugins().get("backbone", backbone)
-    presets = plugins().presets(entry)
+    presets = entry.presets
     if name not in presets:
         raise UserError(f"backbone '{backbone}' has no preset '{name}'{did_you_mean(name, presets)}; "
                         f"presets: {', '.join(presets) or 'none'}.")
@@ -44,7 +44,16 @@ def _config(entry, values: dict[str, Any], where: str) -> Any:
         if values:
             raise UserError(f"{entry.kind} '{entry.name}' takes no options, got '{where}.{next(iter(values))}'.")
         return None
-    return build(entry.config, values, where)
+    try:
+        return build(entry.config, values, where)
+    except UserError as exc:  # keys written for the built-in whose name another plugin now holds: say so
+        origin = getattr(plugins().info.get(entry.plugin), "distribution", None)
+        if origin == "rdiff" or not str(exc).startswith("unknown config key") or entry.name not in catalogue().get(
+                {"backbone": "backbones", "adaptor": "adaptors"}.get(entry.kind, "modalities"), {}):
+            raise
+        raise UserError(f"{str(exc)[:-1]}; {entry.kind} '{entry.name}' now comes from plugin '{entry.plugin}' "
+                        f"({plugins().origin(entry.plugin)}), not from rdiff's built-in, which is blocked or not "
+                        f"loaded, and takes other keys.") from None
 
 
 def create_backbone(name: str, preset: str | None = "tiny", channels: int = 3, *,
@@ -89,23 +98,21 @@ def create_modality(name: str, **overrides: Any) -> Modality:
 
 
 def resolve_config(layers: list[dict[str, Any]]) -> Any:
-    """Merge configuration layers onto the chosen backbone's preset and check every key.
+    """Merge configuration layers over the backbone's preset and the modality's and adaptor's ``train`` defaults.
 
     The plugin sections (model, adaptor_options, modality_options) are validated against the dataclass
     each plugin registered and stored fully resolved, so config.yaml says everything that was used."""
     top: dict[str, Any] = {}
     for layer in layers:
         top = merge(top, layer)
-    chosen = build(RunConfig, {k: v for k, v in top.items() if k in ("backbone", "preset")})
-    config = build(RunConfig, merge(get_preset(chosen.backbone, chosen.preset), top))
+    chosen = build(RunConfig, {k: v for k, v in top.items() if k in ("backbone", "preset", "adaptor", "modality")})
+    preset = get_preset(chosen.backbone, chosen.preset)  # first, so that an unknown backbone is what is reported
+    own = merge(plugins().get("modality", chosen.modality).train, plugins().get("adaptor", chosen.adaptor).train)
+    config = build(RunConfig, merge(merge(preset, {"train": own}), top))
     for kind, name, section in (("backbone", config.backbone, "model"), ("adaptor", config.adaptor, "adaptor_options"),
                                 ("modality", config.modality, "modality_options")):
-        entry = plugins().get(kind, name)
-        values = getattr(config, section)
-        if entry.config is not None:
-            setattr(config, section, to_dict(build(entry.config, values, section)))
-        elif values:
-            raise UserError(f"{kind} '{name}' takes no options, got '{section}.{next(iter(values))}'.")
+        built = _config(plugins().get(kind, name), getattr(config, section), section)
+        setattr(config, section, to_dict(built) if built is not None else {})
     return config
 
 

@@ -57,13 +57,14 @@ def carry_times(run_dir: str | Path, times: dict[str, float]) -> dict[str, float
 def format_eval_table(ev: dict[str, Any]) -> str:
     rows = [("input (degraded)", ev.get("input", {}))]
     if "reconstruct_only" in ev:
-        rows.append(("reconstruct-only fast", ev["reconstruct_only"]))
+        rows.append((f"reconstruct-only {ev.get('reconstruct_only_path', 'fast')}", ev["reconstruct_only"]))
     rows += [(f"{'adapted ' if 'reconstruct_only' in ev else ''}{name}{' *' if name == ev.get('default_path') else ''}", m)
              for name, m in ev.get("paths", {}).items()]
-    keys = [k for k in rows[0][1] if k != "by_type"]
-    lines = [f"{'':<26}" + "".join(f"{k:>12}" for k in keys)]
+    width = {k: max(12, len(k) + 2) for k in rows[0][1] if k != "by_type"}
+    pad = max(26, *(len(label) + 2 for label, _ in rows))
+    lines = [" " * pad + "".join(f"{k:>{w}}" for k, w in width.items())]
     for label, metrics in rows:
-        lines.append(f"{label:<26}" + "".join(f"{metrics.get(k, float('nan')):>12.4f}" for k in keys))
+        lines.append(f"{label:<{pad}}" + "".join(f"{metrics.get(k, float('nan')):>{w}.4f}" for k, w in width.items()))
     count = ev.get("crops", ev.get("images"))
     lines.append(f"(* default path; {count} held-out {'crops' if 'crops' in ev else 'images'}; scored inside the region of interest)")
     return "\n".join(lines)

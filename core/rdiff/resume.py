@@ -56,13 +56,6 @@ def _phase1_done(run_dir: Path, saved: dict[str, Any]) -> list[str]:
         return []
 
 
-def _phase1_finished(run_dir: Path, saved: dict[str, Any]) -> bool:
-    if saved.get("reconstruct_from"):
-        return True  # phase 1 belongs to another run and is finished by construction
-    done = _phase1_done(run_dir, saved)
-    return bool(done) and set((saved.get("train") or {}).get("steps") or {}) <= set(done)
-
-
 def apply(run_dir: str | Path, saved: dict[str, Any], override: dict[str, Any]) -> tuple[Any, str | None]:
     """The configuration to resume with (a RunConfig) and the note describing what changed (``None`` when
     nothing did). Raises UserError naming every key a resume may not change."""
@@ -75,12 +68,12 @@ def apply(run_dir: str | Path, saved: dict[str, Any], override: dict[str, Any]) 
         return before, None
     after = build(RunConfig, merge(to_dict(before), override))
     old, new = flatten(to_dict(before)), flatten(to_dict(after))
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, _MISSING) != new.get(k, _MISSING)
-               and k not in IGNORED]
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, _MISSING) != new.get(k, _MISSING) and k not in IGNORED]
     if not changed:
         return before, None
     done = _phase1_done(run_dir, saved)
-    finished = _phase1_finished(run_dir, saved)
+    stages = set((saved.get("train") or {}).get("steps") or {})
+    finished = bool(saved.get("reconstruct_from")) or (bool(done) and stages <= set(done))  # another run's: finished
     untrained = not holds_results(run_dir)  # config.yaml only, as a run stopped before its first checkpoint
     refused = []
     for key in changed:

@@ -23,7 +23,7 @@ import torch
 
 from rdiff.checkpoints import recorded_weights, verify_weights, write_bytes, write_json
 from rdiff.config import RunConfig, build, load_yaml, to_dict
-from rdiff.errors import UserError
+from rdiff.errors import UserError, did_you_mean
 from rdiff.evaluation import sampling_settings
 from rdiff.registry import create_adaptor, create_components
 
@@ -92,13 +92,10 @@ def expects_adaptor(run_dir: str | Path) -> bool:
     run_dir = Path(run_dir)
     if "adapt/adaptor.safetensors" in recorded_weights(run_dir) or (run_dir / "adapt" / "adaptor.json").is_file():
         return True
-    report = run_dir / "report.json"
-    if report.is_file():
-        try:
-            return bool(json.loads(report.read_text(encoding="utf-8")).get("adapt"))
-        except (OSError, ValueError, AttributeError):
-            return False
-    return False
+    try:  # no report.json (OSError) or a damaged one: not adapted
+        return bool(json.loads((run_dir / "report.json").read_text(encoding="utf-8")).get("adapt"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_phase1(backbone: Any, config: RunConfig, run_dir: str | Path, hint: str = "") -> None:
@@ -228,6 +225,11 @@ class Run:
         from rdiff.images import list_images
 
         cfg = self.config
+        known = named_paths(self.backbone, sampling_settings(cfg))
+        for name in paths or ():  # a misspelled name would otherwise score nothing, silently
+            if name not in known:
+                raise UserError(f"run '{self.directory}' has no enhancement path '{name}'{did_you_mean(name, known)}; "
+                                f"paths: {', '.join(known)}.")
         device = next(self.backbone.parameters()).device
         if pairs is None and data is None:
             held = heldout_pairs(self.modality, cfg, split="heldout", crops=crops)
@@ -235,7 +237,7 @@ class Run:
         whole = (load_pair_folder(self.modality, pairs, resize=None) if pairs is not None
                  else degraded_images(self.modality, list_images(data, self.modality.suffixes), cfg.train.resize,
                                       cfg.eval.seed))
-        names = [n for n in named_paths(self.backbone, sampling_settings(cfg)) if not paths or n in paths]
+        names = [n for n in known if not paths or n in paths]
         report: dict[str, Any] = {"images": len(whole), "input": score(self.modality, whole, lambda lq: lq, device, 1)}
         report["paths"] = {}
         for name in names:  # each image may have its own size

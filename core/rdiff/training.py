@@ -1,10 +1,11 @@
 """What the training loop of :mod:`rdiff.engine` works with: one phase's description (:class:`Fit`), the
-module DDP wraps, the best weights kept across validations, seeds, and the EMA swap."""
+module DDP wraps, the best weights kept across validations, seeds, the EMA swap, and the progress bar."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 
 class TrainingModule(nn.Module):
@@ -130,3 +132,18 @@ def resume_from(directory: Path, fit: Fit, optimizer: Any, scheduler: Any, ema: 
     if ema is not None and "ema" in tensors:
         ema.shadow_params = [tensors["ema"][str(i)].to(device) for i in range(len(ema.shadow_params))]
     return int(info["step"]), {k: v for k, v in info.items() if k not in ("phase", "stage", "step")}, path
+
+
+def progress(iterable: Any = None, **options: Any) -> Any:
+    """A tqdm bar on a terminal; where stderr is not one (a log file, CI), a plain line at every tenth of the
+    work (every 30 s when the total is unknown) instead of ``\\r`` redraws piling up in the log."""
+    if not sys.stderr.isatty():
+        total = options.get("total") or (len(iterable) if hasattr(iterable, "__len__") else 0)
+        options.update(file=_Lines(), dynamic_ncols=False, mininterval=0 if total else 30, miniters=max(1, total // 10))
+    return tqdm(iterable, **options)
+
+
+class _Lines:  # tqdm's stream off a terminal: a redraw ("\r" + text) becomes a line, clears and cursor moves nothing
+    def write(self, text: str) -> None:
+        if text.strip() and "\x1b[" not in text:
+            sys.stderr.write(text.strip() + "\n")  # stderr is line-buffered: no flush needed

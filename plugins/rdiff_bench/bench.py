@@ -1111,6 +1111,7 @@ def _counts(text: str) -> list[int]:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from rdiff.config import parse_set
+    from rdiff.registry import get_preset
 
     for flag in ("seeds", "crops", "reconstruct_steps", "adapt_steps", "batch_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -1130,6 +1131,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for kind, listed in names.items():
         for name in listed:
             plugins().get(kind, name)  # a misspelled name stops here, before anything runs
+    for backbone in names["backbone"]:  # and so does a preset one of them lacks
+        get_preset(backbone, args.preset)
     return Settings(backbones=names["backbone"], modalities=names["modality"], adaptors=names["adaptor"],
                     preset=args.preset,
                     pairs_counts=_counts(args.pairs_counts), seeds=args.seeds, crops=args.crops,

@@ -5,7 +5,9 @@ Both modules stay below this one (neither imports the other's command)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from rdiff.cli import number
 from rdiff.errors import UserError
 from rdiff_bench.bench import Bench, Settings, require_matplotlib, say, settings_from_args
 
@@ -32,8 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--pairs-counts", default=",".join(map(str, defaults.pairs_counts)),
                    help="comma-separated numbers of training pairs; the largest is reported in full (sampling "
                         "paths, by degradation type, convergence); not used with --data")
-    p.add_argument("--seeds", type=int, default=defaults.seeds, help="training seeds per cell (0, 1, ...)")
-    p.add_argument("--crops", type=int, default=defaults.crops,
+    p.add_argument("--seeds", type=number(int, 1), default=defaults.seeds, help="training seeds per cell (0, 1, ...)")
+    p.add_argument("--crops", type=number(int, 1), default=defaults.crops,
                    help="held-out crops per modality (not used with --data, which scores whole test images)")
     p.add_argument("--reconstruct-steps", type=_budget, default=defaults.reconstruct_steps,
                    help="phase-1 steps of every backbone stage, or 'preset' for the preset's own (the tiny "
@@ -42,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="adaptation steps, also the from-scratch budget, or 'preset' (the tiny presets adapt 150)")
     p.add_argument("--batch-size", type=_budget, default=defaults.batch_size,
                    help="phase-1 batch size, or 'preset' (adaptation keeps the preset's)")
-    p.add_argument("--scratch-lr", type=float, default=defaults.scratch_lr,
+    p.add_argument("--scratch-lr", type=number(float, positive=True), default=defaults.scratch_lr,
                    help="learning rate of the from-scratch baseline (default: the adaptation's, train.adapt_lr); "
                         "a randomly initialised model usually wants a higher one")
     p.add_argument("--out", default=defaults.out, help="output folder: results, plots, runs/ and cache/")
@@ -64,9 +66,9 @@ def _budget(text: str) -> int | None:
     if text.strip().lower() == "preset":
         return None
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'preset', got '{text}'") from None
+        return number(int, 1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1 or 'preset', not '{text}'") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -79,7 +81,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag in ("backbones", "modalities"):
         if not getattr(args, flag):
             raise UserError(f"rdiff bench needs --{flag} (or --data DIR --modality NAME for the real-data benchmark).")
+    unused = [f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag in ("modality", "pairs", "test", "run",
+              "reconstruct_from") if getattr(args, flag, None)]
+    if unused:  # an option nothing reads would be silently ignored
+        raise UserError(f"{unused[0]} is an option of the real-data benchmark, which needs --data DIR.")
     # --- end real-data benchmark
+    if Path(args.out).is_file():
+        raise UserError(f"--out '{args.out}' is a file; the bench writes a folder of results there.")
     bench = Bench(settings_from_args(args))
     if not bench.settings.dry_run:
         require_matplotlib()

@@ -535,12 +535,13 @@ class RealBench:
 
         rows = []
         phase1 = rdiff.load_run(str(phase1_dir))
-        say(f"{backbone}: scoring reconstruct-only and the ceilings")
-        result, kept = score_whole(self.modality, tests, enhancer(phase1, {"path": "fast"}),
-                                   label="reconstruct-only", keep=GRID_IMAGES)
-        if first:
-            self.samples["reconstruct-only"] = kept
-        rows.append(make_row("reconstruct-only", backbone, None, "fast", [(None, result)]))
+        say(f"{backbone}: scoring reconstruct-only (zero pairs, every path) and the ceilings")
+        for name, options in _paths(phase1).items():
+            result, kept = score_whole(self.modality, tests, enhancer(phase1, options),
+                                       label=f"reconstruct-only {name}", keep=GRID_IMAGES)
+            if first and name == "fast":
+                self.samples["reconstruct-only"] = kept
+            rows.append(make_row("reconstruct-only", backbone, None, name, [(None, result)]))
         clean = [replace(p, lq=p.hq) for p in tests]
         result, _ = score_whole(self.modality, clean, enhancer(phase1, {"path": "fast"}), label="ceiling")
         rows.append(make_row("ceiling D(E(hq))", backbone, None, "fast", [(None, result)]))
@@ -557,11 +558,10 @@ class RealBench:
                 run = rdiff.load_run(str(run_dir))
                 for name, options in _paths(run).items():
                     result, kept = score_whole(self.modality, tests, enhancer(run, options),
-                                               label=f"adapted {adaptor} {name}, seed {seed}",
-                                               keep=GRID_IMAGES if name == "fast" else 0)
+                                               label=f"adapted {adaptor} {name}, seed {seed}", keep=GRID_IMAGES)
                     result["best_step"] = json.loads((run_dir / _DONE).read_text()).get("adapt", {}).get("best_step")
-                    if first and seed == 0 and name == "fast" and adaptor == self.s.adaptors[0]:
-                        self.samples["adapted fast"] = kept
+                    if first and seed == 0 and adaptor == self.s.adaptors[0]:
+                        self.samples[f"adapted {name}"] = kept
                     per_path.setdefault(name, []).append((seed, result))
             for name, entries in per_path.items():
                 rows.append(make_row("adapted", backbone, adaptor, name, entries))
@@ -697,6 +697,8 @@ def _label(row: dict[str, Any]) -> str:
         return f"adapted {row['path']}" + (f" ({row['adaptor']})" if row["adaptor"] else "")
     if row["method"] == "scratch":
         return "scratch fast"
+    if row["method"] == "reconstruct-only":
+        return f"reconstruct-only {row['path']}"
     return row["method"]
 
 
@@ -770,8 +772,8 @@ def results_markdown(report: dict[str, Any]) -> str:
 
 
 def write_grid(bench: RealBench, tests: list[Any]) -> Path | None:
-    """grid.png: the first test images as input / CLAHE / regression / reconstruct-only / adapted fast / clean
-    (matplotlib; skipped when it is not importable)."""
+    """grid.png: the first test images as input / CLAHE / regression / reconstruct-only / adapted, every path /
+    clean (matplotlib; skipped when it is not importable)."""
     import numpy as np
 
     try:
@@ -781,9 +783,10 @@ def write_grid(bench: RealBench, tests: list[Any]) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    adapted = [key for key in bench.samples if key.startswith("adapted ")]
     columns = [(title, bench.samples.get(key)) for title, key in (
         ("input", "input"), ("CLAHE", "clahe"), ("regression", "regression"), ("reconstruct-only", "reconstruct-only"),
-        ("adapted fast", "adapted fast"), ("clean", "clean"))]
+        *((key, key) for key in adapted), ("clean", "clean"))]
     count = min(GRID_IMAGES, len(tests))
     if not count:
         return None
@@ -835,10 +838,12 @@ def evaluate_run(run: Any, data: str, paths: list[str] | None = None) -> dict[st
     report: dict[str, Any] = {"images": len(tests), "split": {k: len(v) for k, v in split.items()},
                               "input": scored(lambda p: p.lq, "input")}
     report["paths"] = {name: scored(enhancer(run, opts), name) for name, opts in options.items()}
-    if run.backbone.adaptor is not None and "fast" in options:
+    report = with_default(report, run.backbone, cfg)
+    if run.backbone.adaptor is not None:  # zero pairs: the phase-1 model alone on the default path
         with run.backbone.base_only():
-            report["reconstruct_only"] = scored(enhancer(run, options["fast"]), "reconstruct-only")
-    return with_default(report, run.backbone, cfg)
+            report["reconstruct_only"] = scored(enhancer(run, {"path": report["default_path"]}), "reconstruct-only")
+        report["reconstruct_only_path"] = report["default_path"]
+    return report
 
 
 # --- entry point ----------------------------------------------------------------------------------------------------

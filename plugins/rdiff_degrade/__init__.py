@@ -6,6 +6,7 @@ simulator drew (:mod:`rdiff_degrade.degrade`), to look at a degradation or to ma
 from __future__ import annotations
 
 from rdiff import hookimpl
+from rdiff.cli import number
 
 
 @hookimpl
@@ -14,7 +15,7 @@ def rdiff_register_commands(subparsers):
     p.add_argument("--modality", required=True, help="modality whose degradation to apply")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same output")
+    p.add_argument("--seed", type=number(int), default=0, help="seed; the same seed gives the same output")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="modality option, e.g. --set degradation.name=cofe")
     p.set_defaults(handler=_degrade)

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from rdiff.checkpoints import write_json
 from rdiff.errors import UserError
-from rdiff.images import expand_inputs
+from rdiff.images import expand_inputs, plan_outputs
 from rdiff.modality import Modality
 
 
@@ -19,9 +19,10 @@ def degrade_files(modality: Modality, inputs: list[str], out_dir: str | Path, se
     The random stream of a file depends on the seed and the file's relative name only, so the same
     seed gives the same output whatever other files are processed. Returns 2 if any file failed."""
     out_dir = Path(out_dir)
-    files = expand_inputs(inputs, modality.suffixes)
+    # refused before anything is written: a degraded copy must never replace a clean original
+    files = plan_outputs(expand_inputs(inputs, modality.suffixes), out_dir, lambda rel: [rel, rel.with_suffix(".json")])
     failed = 0
-    for file, rel in tqdm(files, desc="degrade", unit="file", disable=len(files) < 2):
+    for file, rel, (target, record) in tqdm(files, desc="degrade", unit="file", disable=len(files) < 2):
         try:
             images = modality.read_stack(file)
         except UserError as exc:
@@ -35,9 +36,7 @@ def degrade_files(modality: Modality, inputs: list[str], out_dir: str | Path, se
             degraded, p = modality.degrade(image, modality.roi(image), rng)
             results.append(degraded)
             params.append(p)
-        target = out_dir / rel
         modality.write_stack(target, results, like=file)
-        write_json(target.with_suffix(".json"), {"source": str(file), "seed": seed,
-                                                 "params": params if len(params) > 1 else params[0]})
+        write_json(record, {"source": str(file), "seed": seed, "params": params if len(params) > 1 else params[0]})
     print(f"rdiff: degraded {len(files) - failed} file(s) into '{out_dir}'" + (f", {failed} failed" if failed else ""))
     return 2 if failed else 0

@@ -73,6 +73,9 @@ class LDMDiT(LatentDiffusion):
     def denoiser_multiple(self) -> int:
         return self.config.patch_size
 
+    def denoiser_output(self) -> torch.nn.Linear:
+        return self.denoiser.proj_out_2
+
     def predict(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         return dit_forward(self.denoiser, sample, timestep)
 

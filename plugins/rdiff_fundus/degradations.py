@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rdiff_fundus.config import DegradationConfig
-from rdiff_fundus.filters import (add_local, blend, clip01, gaussian_blur, grayscale, jpeg_roundtrip,
+from rdiff_fundus.filters import (add_local, blend, clip01, defocus_blur, gaussian_blur, grayscale, jpeg_roundtrip,
                                   masked_mean, odd, squared_distance, truncated_gaussian_blur)
 
 TYPES = ("illumination", "spots", "blur", "noise", "jpeg", "haze", "contrast")
@@ -337,9 +337,14 @@ def _default_spots(image, roi, rng, strength):
 
 
 def _default_blur(image, roi, rng, strength):
-    """Mild defocus: Gaussian σ of 0.1–0.4 % of the FOV diameter (0.5–2 px at 512²)."""
-    relative_sigma = strength * rng.uniform(0.001, 0.004)
-    return clip01(gaussian_blur(image, relative_sigma * image.shape[0])), {"sigma": relative_sigma}
+    """Half the time a Gaussian blur of σ 0.1–0.5 % of the FOV diameter (0.5–2.5 px at 512²), half the time
+    defocus, a disc of radius 0.15–0.8 % (0.8–4 px at 512²): the pretext of phase 1 must show a denoiser
+    blur of both shapes and of more than one size, or it learns to undo one kernel only."""
+    if rng.random() < 0.5:
+        relative_sigma = strength * rng.uniform(0.001, 0.005)
+        return clip01(gaussian_blur(image, relative_sigma * image.shape[0])), {"sigma": relative_sigma}
+    relative_radius = strength * rng.uniform(0.0015, 0.008)
+    return clip01(defocus_blur(image, relative_radius * image.shape[0])), {"defocus_radius": relative_radius}
 
 
 def _default_noise(image, roi, rng, strength):

@@ -67,6 +67,18 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.gaussian_filter(image, sigma=(sigma, sigma, 0), truncate=3.0, mode="mirror")
 
 
+def defocus_blur(image: np.ndarray, radius: float) -> np.ndarray:
+    """Defocus of an ``H×W×C`` image: convolution with a disc of ``radius`` px (its rim antialiased by 4×
+    supersampling), mirrored at the borders."""
+    if radius <= 0.3:
+        return image
+    half = int(np.ceil(radius))
+    fine = (np.arange(-half * 4, half * 4 + 4) + 0.5) / 4 - 0.5
+    inside = (fine[:, None] ** 2 + fine[None, :] ** 2 <= radius**2).astype(np.float32)
+    disc = inside.reshape(2 * half + 1, 4, 2 * half + 1, 4).mean(axis=(1, 3))
+    return ndi.convolve(image, (disc / disc.sum())[..., None], mode="mirror")
+
+
 def _wide_blur(array: np.ndarray, size_yx: tuple[int, int], sigma: float, factor: int) -> np.ndarray:
     """A wide blur computed on a grid ``factor`` times coarser and interpolated back: its result is
     smooth at the scale of the kernel, so the coarse grid loses nothing visible and saves ~factor² work."""

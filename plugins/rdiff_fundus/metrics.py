@@ -171,9 +171,7 @@ def _prepare(green: np.ndarray, roi: np.ndarray) -> np.ndarray:
 def fundus_metrics(erosion: float = 0.015, vessel_sigmas: list[float] | tuple[float, ...] = (1.0, 2.0, 3.0)
                    ) -> torchmetrics.MetricCollection:
     """``psnr``, ``ssim`` and ``vessel_dice``, all inside the field of view without its rim."""
-    # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
-    # after the first batch (SSIM and Dice are both 1 on identical images) and then update only one.
-    return torchmetrics.MetricCollection(
-        {"psnr": FundusPSNR(erosion=erosion), "ssim": FundusSSIM(erosion=erosion),
-         "vessel_dice": VesselDice(sigmas=vessel_sigmas, erosion=erosion)},
-        compute_groups=False)
+    from rdiff.metrics import metric_collection
+
+    return metric_collection({"psnr": FundusPSNR(erosion=erosion), "ssim": FundusSSIM(erosion=erosion),
+                              "vessel_dice": VesselDice(sigmas=vessel_sigmas, erosion=erosion)})

@@ -33,6 +33,9 @@ class LDMUNet(LatentDiffusion):
     def denoiser_multiple(self) -> int:
         return 2 ** (len(self.config.unet_channels) - 1)
 
+    def denoiser_output(self) -> torch.nn.Conv2d:
+        return self.denoiser.conv_out
+
     def predict(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         adaptor = self.adaptor
         if adaptor is not None and adaptor.enabled and hasattr(adaptor, "control_residuals"):

@@ -36,8 +36,9 @@ class LatentConfig:
     beta_start: float = 0.0015  # first beta of the schedule
     beta_end: float = 0.0155  # last beta of the schedule
     beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"  # scaled_linear is what the CompVis code (and the paper) calls "linear"
-    prediction: Literal["epsilon", "v_prediction"] = "epsilon"  # what the denoiser predicts (the paper: epsilon)
-    pretext: Literal["self", "degraded"] = "self"  # denoiser condition in phase 1: E(x) (the paper) or E(degraded x)
+    prediction: Literal["residual", "epsilon", "v_prediction"] = "residual"  # what the denoiser predicts: residual, the clean latent's difference from the condition (x0 = c + r, output layer zero-initialised, so an untrained denoiser returns the fast path); epsilon (the paper) or v
+    pretext: Literal["self", "degraded"] = "degraded"  # denoiser condition in phase 1: E(degraded x), the modality's simulator, so phase 1 alone enhances; or E(x), the paper's self-reconstruction (its optimum is the identity)
+    sample_strength: float = 0.3  # sampling starts from the condition noised to this fraction of the schedule (and a residual denoiser trains on that part only); 1: from pure noise, as the paper
     # --- autoencoder losses ---
     l1_weight: float = 1.0  # pixel L1 reconstruction loss
     ssim_weight: float = 0.2  # weight of 1 - SSIM (structure, independent of brightness)

@@ -1,11 +1,15 @@
 """Latent diffusion as a rdiff backbone, whatever its denoiser (the paper's method, DESIGN.md §1).
 
-Phase 1 trains the autoencoder (stage ``autoencoder``), then, with it frozen, a denoiser that predicts
-the noise added to the latent ``E(x)`` given the condition latent concatenated to its input (stage
-``denoiser``; condition ``E(x)`` — the paper's self-reconstruction pretext — or ``E(degraded x)``).
-Phase 2 trains adaptors with ``|E(hq) − E'(lq)|₁ + |E(hq) − E'(hq)|₁`` plus the adapted denoiser's
-diffusion loss with condition ``E'(lq)`` and target ``E(hq)``. Enhancement is ``D(E'(lq))`` (``fast``)
-or DDIM sampling conditioned on ``E'(lq)`` (``sample``).
+Phase 1 trains the autoencoder (stage ``autoencoder``), then, with it frozen, a denoiser given the noisy
+latent ⊕ the condition latent (stage ``denoiser``). By default the condition is ``E(degraded x)`` (the
+modality's simulator: phase 1 alone learns to enhance) and the denoiser predicts the clean latent *around
+the condition*, ``x̂₀ = c + r(z_t, c, t)`` with ``r``'s output layer zero-initialised; the paper's
+ε-prediction with condition ``E(x)`` stays available. Phase 2 trains adaptors with
+``|E(hq) − E'(lq)|₁ + |E(hq) − E'(hq)|₁`` plus the adapted denoiser's diffusion loss with condition
+``E'(lq)`` and target ``E(hq)``. Enhancement is ``D(E'(lq))`` (``fast``) or DDIM sampling conditioned on
+``E'(lq)`` (``sample``), which starts from ``E'(lq)`` noised to ``sample_strength`` of the schedule and
+returns the last step's ``x̂₀``: with ``r = 0`` it returns the fast path exactly (img2img, as SDEdit; the
+few-step restorers ResShift and OSEDiff also start from the low-quality latent rather than from noise).
 
 :class:`LatentDiffusion` owns everything but the denoiser network; a subclass supplies it
 (``rdiff_ldm_unet``'s UNet, ``rdiff_dit``'s transformer) through the methods marked "denoiser".
@@ -14,6 +18,7 @@ or DDIM sampling conditioned on ``E'(lq)`` (``sample``).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +46,7 @@ class DDIMOptions:
     Built by :meth:`LatentDiffusion.resolve_path` from a path name (``ddim20``: 20 steps) and the settings
     ``steps`` (``rdiff enhance --steps``), ``eta`` (``--eta``, ``eval.eta``) and ``sample_steps``."""
 
-    steps: int = 10
+    steps: int = 4
     eta: float = 1.0
 
     def __post_init__(self) -> None:
@@ -57,13 +62,20 @@ class LatentDiffusion(Reconstructor):
     stages: ClassVar[tuple[str, ...]] = ("autoencoder", "denoiser")
 
     def __init__(self, config: LatentConfig, channels: int):
+        if not 0 < config.sample_strength <= 1:
+            raise UserError(f"config key 'model.sample_strength' must be in (0, 1], not {config.sample_strength}.")
         super().__init__(config, channels)
         self.autoencoder = build_autoencoder(config, channels)
         self.denoiser = self.build_denoiser()
         self.autoencoder_loss = AutoencoderLoss(config, channels)
+        # a residual denoiser's output plus the condition is the clean sample (diffusers' "sample" prediction)
         self.scheduler = DDPMScheduler(
             num_train_timesteps=config.train_timesteps, beta_start=config.beta_start, beta_end=config.beta_end,
-            beta_schedule=config.beta_schedule, prediction_type=config.prediction, clip_sample=False)
+            beta_schedule=config.beta_schedule, clip_sample=False,
+            prediction_type="sample" if config.prediction == "residual" else config.prediction)
+        if config.prediction == "residual":  # an untrained residual is zero: sampling returns the fast path
+            nn.init.zeros_(self.denoiser_output().weight)
+            nn.init.zeros_(self.denoiser_output().bias)
         # multiplies latents before diffusion so they have about unit variance, like the noise; 0 means
         # "not measured yet" (measured on the first denoiser batch); a buffer so checkpoints keep it
         self.register_buffer("latent_scale", torch.tensor(float(config.latent_scale or 0.0)))
@@ -82,6 +94,10 @@ class LatentDiffusion(Reconstructor):
 
     def denoiser_multiple(self) -> int:
         """Latent sides must be multiples of this for the denoiser."""
+        raise NotImplementedError
+
+    def denoiser_output(self) -> nn.Module:
+        """The denoiser's last layer (zero-initialised for a residual prediction)."""
         raise NotImplementedError
 
     def denoiser_adaptation_targets(self) -> list[AdaptationTarget]:
@@ -162,13 +178,21 @@ class LatentDiffusion(Reconstructor):
         loss = self.diffusion_loss(target, condition)
         return loss, {"diffusion": float(loss.detach()), "latent_scale": self.scale()}
 
+    def last_timestep(self) -> int:
+        """The highest timestep sampling starts from (``sample_strength`` of the schedule)."""
+        return max(1, round(self.config.sample_strength * self.scheduler.config.num_train_timesteps))
+
     def diffusion_loss(self, target: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """L2 between the denoiser's prediction and the noise (or velocity) at a random timestep."""
+        """L2 between the denoiser's prediction and its goal at a random timestep: the clean latent's
+        difference from the condition (residual; timesteps up to where sampling starts), the noise or the
+        velocity. An ε error is amplified √((1−ᾱ)/ᾱ)-fold in x̂₀ (39× at t = 999), an x₀ error is not."""
         noise = torch.randn_like(target)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (target.shape[0],), device=target.device)
+        high = self.last_timestep() if self.config.prediction == "residual" else self.scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, high, (target.shape[0],), device=target.device)
         noisy = self.scheduler.add_noise(target, noise, timesteps)
         prediction = self.predict(torch.cat([noisy, condition], dim=1), timesteps)
-        goal = noise if self.config.prediction == "epsilon" else self.scheduler.get_velocity(target, noise, timesteps)
+        goal = {"residual": lambda: target - condition, "epsilon": lambda: noise,
+                "v_prediction": lambda: self.scheduler.get_velocity(target, noise, timesteps)}[self.config.prediction]()
         return F.mse_loss(prediction.float(), goal.float())
 
     # --- phase 2 ---------------------------------------------------------------------------------------------
@@ -294,29 +318,35 @@ class LatentDiffusion(Reconstructor):
                                         latent_multiple))
         return tiled_apply(self.decode, latents, latent_tile, latent_overlap, latent_multiple).clamp(0, 1)
 
-    def ddim_scheduler(self) -> DDIMScheduler:
-        """DDIM on the training schedule, with the CompVis sampler's conventions (timesteps 1, 1+k, ...;
-        the final step's previous alpha is the first training alpha)."""
-        return DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False,
-                                         steps_offset=1, timestep_spacing="leading")
+    def ddim_scheduler(self, steps: int, device: torch.device | None = None) -> DDIMScheduler:
+        """DDIM on the training schedule with ``steps`` steps from ``sample_strength`` of it down. Trailing
+        spacing (Lin et al. 2024), so that even one step starts where the denoiser was trained (a residual
+        denoiser at ``t ≤ sample_strength·T``), not at t = 1 where it would trust the noisy latent."""
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=True,
+                                              timestep_spacing="trailing")
+        scheduler.set_timesteps(max(steps, math.ceil(steps / self.config.sample_strength)), device=device)
+        scheduler.timesteps = scheduler.timesteps[-steps:]
+        return scheduler
 
     def sample(self, condition: torch.Tensor, *, steps: int, eta: float = 1.0,
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                tile: tuple[int, int, int] | None = None) -> torch.Tensor:
-        """Scaled latents sampled by DDIM given the condition latents; ``tile`` = (side, overlap, multiple)
-        runs the denoiser on overlapping latent tiles at every step (the scheduler steps the whole latent, so
-        its per-step noise is one field whatever the tiling)."""
+        """Scaled latents sampled by DDIM given the condition latents: from the condition noised to the first
+        timestep (pure noise at ``sample_strength`` 1), returning the last step's ``x̂₀``; ``tile`` = (side,
+        overlap, multiple) runs the denoiser on overlapping latent tiles at every step (the scheduler steps the
+        whole latent, so its per-step noise is one field whatever the tiling)."""
         from rdiff.enhance import tiled_apply
 
-        scheduler = self.ddim_scheduler()
-        scheduler.set_timesteps(steps, device=condition.device)
+        scheduler = self.ddim_scheduler(steps, condition.device)
         if noise is None:
             noise = randn_tensor(condition.shape, generator=generator, device=condition.device, dtype=condition.dtype)
         elif noise.ndim == 3:
             noise = noise.expand(condition.shape[0], -1, -1, -1)
         if noise.shape != condition.shape:
             raise ValueError(f"noise must have the latent shape {tuple(condition.shape)}, got {tuple(noise.shape)}")
-        latents = noise.to(condition) * scheduler.init_noise_sigma
+        noise = noise.to(condition)
+        start = scheduler.timesteps[:1].expand(condition.shape[0])
+        latents = noise if self.config.sample_strength >= 1 else scheduler.add_noise(condition, noise, start)
         for t in scheduler.timesteps:
             timesteps = t.expand(condition.shape[0]).to(condition.device)
             joined = torch.cat([latents, condition], dim=1)
@@ -324,8 +354,11 @@ class LatentDiffusion(Reconstructor):
                 prediction = self.predict(joined, timesteps)
             else:
                 prediction = tiled_apply(lambda part: self.predict(part, timesteps), joined, *tile)
-            latents = scheduler.step(prediction, t, latents, eta=eta, generator=generator).prev_sample
-        return latents
+            if self.config.prediction == "residual":
+                prediction = prediction + condition
+            step = scheduler.step(prediction, t, latents, eta=eta, generator=generator)
+            latents = step.prev_sample
+        return step.pred_original_sample
 
     # --- capability protocols --------------------------------------------------------------------------------
     def lora_target_modules(self) -> dict[str, list[str]]:

@@ -4,7 +4,8 @@
 Both only read what the runtime's public API reports (the loaded plugins, what they registered, the shipped
 weights), so neither needs torch to answer: ``rdiff plugins`` stays fast even where torch is slow to import.
 The one exception is ``rdiff list adaptors --json``, which builds every compatible tiny backbone to count
-the parameters each adaptor trains.
+the parameters each adaptor trains. ``--options`` adds each component's options, read from its config
+dataclass (:mod:`rdiff_list.options`), and the training defaults it declares.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from rdiff import hookimpl
 
 KINDS = {"backbones": "backbone", "adaptors": "adaptor", "modalities": "modality"}
+SECTIONS = {"backbone": "model", "adaptor": "adaptor_options", "modality": "modality_options"}  # their config keys
 
 
 @hookimpl
@@ -27,6 +29,8 @@ def rdiff_register_commands(subparsers):
                                            "weights")
     p.add_argument("what", choices=[*KINDS, "pretrained"], help="which kind")
     p.add_argument("--json", action="store_true", help="JSON (adaptors: with trainable/total parameters)")
+    p.add_argument("--options", action="store_true",
+                   help="also each component's options (key, type, default, description) and training defaults")
     p.set_defaults(handler=list_components)
 
 
@@ -61,20 +65,48 @@ def list_components(args) -> int:
     for name, entry in sorted(loaded.entries[kind].items()):
         row: dict[str, Any] = {"name": name, "plugin": entry.plugin, "summary": entry.summary}
         if kind == "backbone":
-            row.update(capabilities=list(entry.capabilities), presets=sorted(loaded.presets(entry)))
+            row.update(capabilities=list(entry.capabilities), presets=sorted(entry.presets))
         if kind == "adaptor":
             row["requires"] = list(entry.requires)
             if args.json:
                 row["params"] = adaptor_params(name)
+        if args.options:
+            row.update(options=options_of(entry), train=dict(entry.train))
         rows.append(row)
 
     def line(r: dict[str, Any]) -> str:
         extra = r.get("capabilities") or r.get("requires") or []
         tag = (" [" + ", ".join(extra) + "]") if extra else ""
         presets = f" presets: {', '.join(r['presets'])}" if r.get("presets") else ""
-        return f"{r['name']:<10} {r['summary']}{tag}{presets}"
+        return f"{r['name']:<10} {r['summary']}{tag}{presets}" + (format_options(r) if "options" in r else "")
 
     return _print(rows, args.json, line)
+
+
+def options_of(entry) -> list[dict[str, Any]]:
+    """The options of a registered component: ``{key, type, default, description}`` per key of its config
+    dataclass (nested dataclasses as dotted keys), under its section (``model``, ``adaptor_options``, ...)."""
+    from rdiff_list.options import config_keys, format_value
+
+    if entry.config is None:
+        return []
+    section = SECTIONS[entry.kind]
+    return [{"key": f"{section}.{key.name}", "type": key.type, "default": format_value(key.default),
+             "description": key.comment} for key in config_keys(entry.config) if not key.nested]
+
+
+def format_options(row: dict[str, Any]) -> str:
+    """The options and training defaults of one component, as indented lines under its name."""
+    options, lines = row["options"], []
+    if options:
+        width = [max(len(o[field]) for o in options) for field in ("key", "type", "default")]
+        lines += [f"  {o['key']:<{width[0]}}  {o['type']:<{width[1]}}  {o['default']:<{width[2]}}  {o['description']}"
+                  .rstrip() for o in options]
+    else:
+        lines.append("  (no options)")
+    if row["train"]:  # declared by an adaptor or a modality, over the backbone's preset
+        lines.append("  training defaults: " + ", ".join(f"train.{k}={v}" for k, v in row["train"].items()))
+    return "\n" + "\n".join(lines)
 
 
 def list_pretrained(as_json: bool) -> int:

@@ -109,15 +109,11 @@ class Oct(Modality):
     def metrics(self):
         """PSNR and SSIM against the clean scan, plus the no-reference SNR, CNR and ENL of the output
         (see :mod:`rdiff_oct.metrics` for how their regions are found)."""
-        import torchmetrics
-
-        from rdiff.metrics import MaskedPSNR, MaskedSSIM
+        from rdiff.metrics import MaskedPSNR, MaskedSSIM, metric_collection
         from rdiff_oct.metrics import OctCNR, OctENL, OctSNR
 
-        # compute_groups=False: metrics whose states happen to be equal after the first batch (e.g. a
-        # capped PSNR and a capped SNR of 100 dB) would otherwise be merged and report the same number
-        return torchmetrics.MetricCollection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM(), "snr": OctSNR(),
-                                              "cnr": OctCNR(), "enl": OctENL()}, compute_groups=False)
+        return metric_collection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM(), "snr": OctSNR(), "cnr": OctCNR(),
+                                  "enl": OctENL()})
 
 
 @lru_cache(maxsize=8)

@@ -40,15 +40,10 @@ class Photo(Modality):
     def metrics(self):
         """PSNR and SSIM against the clean photograph, and the mean CIEDE2000 colour difference
         ``delta_e`` (lower is better)."""
-        import torchmetrics
-
-        from rdiff.metrics import MaskedPSNR, MaskedSSIM
+        from rdiff.metrics import MaskedPSNR, MaskedSSIM, metric_collection
         from rdiff_photo.metrics import MeanDeltaE
 
-        # compute_groups=False: metrics whose states happen to be equal after the first batch would
-        # otherwise be merged by torchmetrics and report the same number from then on
-        return torchmetrics.MetricCollection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM(), "delta_e": MeanDeltaE()},
-                                             compute_groups=False)
+        return metric_collection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM(), "delta_e": MeanDeltaE()})
 
 
 def _load(name: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``rdiff new-plugin NAME --kind {backbone,adaptor,modality}``: write a plugin package that works out of the box.
+"""``rdiff new-plugin NAME --kind {backbone,adaptor,modality,hooks}``: write a plugin package that works out of the box.
 
 The package is laid out the way rdiff's own plugins and ``examples/rdiff-histology`` are::
 
@@ -11,7 +11,10 @@ The package is laid out the way rdiff's own plugins and ``examples/rdiff-histolo
         <kind>.py               a small working implementation to replace with your own
       tests/test_NAME.py        rdiff.testing's contract for the role
 
-and passes its own contract tests as generated (``pip install -e ./rdiff-NAME && pytest rdiff-NAME``).
+and passes its own contract tests as generated (``pip install -e ./rdiff-NAME && pytest rdiff-NAME``). A
+``hooks`` plugin adds no component: its ``__init__.py`` holds observer hooks that follow training runs (the
+start of an experiment-tracker plugin) and its test runs a short training to check what they see; it has no
+``config.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from rdiff.errors import UserError
 
-KINDS = ("backbone", "adaptor", "modality")
+KINDS = ("backbone", "adaptor", "modality", "hooks")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 
 
@@ -67,15 +70,15 @@ def write_plugin(name: str, kind: str, out: str | Path = ".") -> Path:
 def files(kind: str, names: Names) -> dict[str, str]:
     """Relative path -> content of every file of the package, from the templates shipped in this package
     (``templates/common/`` and ``templates/<kind>/``, as files so they read, and diff, as what they write)."""
-    module = {"backbone": "backbone.py", "adaptor": "adaptor.py", "modality": "modality.py"}[kind]
     templates = {
         "pyproject.toml": "common/pyproject.toml",
-        "README.md": "common/README.md",
+        "README.md": "hooks/README.md" if kind == "hooks" else "common/README.md",
         f"src/{names.package}/__init__.py": f"{kind}/__init__.py",
-        f"src/{names.package}/config.py": f"{kind}/config.py",
-        f"src/{names.package}/{module}": f"{kind}/{module}",
         f"tests/test_{names.package.removeprefix('rdiff_')}.py": f"{kind}/test.py",
     }
+    if kind != "hooks":  # a component has options and an implementation; hooks live in __init__.py alone
+        templates[f"src/{names.package}/config.py"] = f"{kind}/config.py"
+        templates[f"src/{names.package}/{kind}.py"] = f"{kind}/{kind}.py"
     return {path: _fill(read_template(name), kind, names) for path, name in templates.items()}
 
 
@@ -87,7 +90,8 @@ def read_template(name: str) -> str:
 def _fill(template: str, kind: str, names: Names) -> str:
     # plain replacement, not str.format: the templates are Python full of braces
     for placeholder, value in (("__DIST__", names.distribution), ("__PACKAGE__", names.package),
-                               ("__CLASS__", names.cls), ("__NAME__", names.component), ("__KIND__", kind)):
+                               ("__CLASS__", names.cls), ("__NAME__", names.component),
+                               ("__KIND__", "observer hooks" if kind == "hooks" else kind)):
         template = template.replace(placeholder, value)
     return template
 
@@ -97,8 +101,8 @@ def _fill(template: str, kind: str, names: Names) -> str:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``rdiff new-plugin`` on the CLI's subparsers."""
-    p = subparsers.add_parser("new-plugin", help="write a new plugin package (backbone, adaptor or modality) "
-                                                 "that passes its contract tests")
+    p = subparsers.add_parser("new-plugin", help="write a new plugin package (backbone, adaptor, modality, or "
+                                                 "hooks only) that passes its own tests")
     p.add_argument("name", help="the component's name, e.g. stain-norm (package rdiff_stain_norm)")
     p.add_argument("--kind", required=True, choices=KINDS, help="the role the plugin adds")
     p.add_argument("--out", default=".", help="folder to write rdiff-NAME/ into (default: the current folder)")
@@ -110,10 +114,13 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     root = write_plugin(args.name, args.kind, args.out)
     names = Names.of(args.name)
     article = "an" if args.kind == "adaptor" else "a"
-    print(f"wrote the {args.kind} plugin '{names.component}' to {root}/\nnext:\n"
+    what = (f"the hook-only plugin '{names.component}'" if args.kind == "hooks"
+            else f"the {args.kind} plugin '{names.component}'")
+    tests = "a short training run it follows" if args.kind == "hooks" else f"rdiff.testing's contract for {article} {args.kind}"
+    print(f"wrote {what} to {root}/\nnext:\n"
           f"  pip install -e {root}\n"
           f"  rdiff plugins       # lists {names.component}\n"
-          f"  pytest {root}       # rdiff.testing's contract for {article} {args.kind}")
+          f"  pytest {root}       # {tests}")
     return 0
 
 

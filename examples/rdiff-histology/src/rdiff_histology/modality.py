@@ -45,14 +45,10 @@ class Histology(Modality):
 
     def metrics(self):
         """PSNR, SSIM and the stain-density error ``stain_error`` (lower is better), inside the roi."""
-        import torchmetrics
-
-        from rdiff.metrics import MaskedPSNR, MaskedSSIM
+        from rdiff.metrics import MaskedPSNR, MaskedSSIM, metric_collection
         from rdiff_histology.metrics import StainError
 
-        # compute_groups=False: torchmetrics would otherwise merge metrics whose states look alike
-        return torchmetrics.MetricCollection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM(), "stain_error": StainError()},
-                                             compute_groups=False)
+        return metric_collection({"psnr": MaskedPSNR(), "ssim": MaskedSSIM(), "stain_error": StainError()})
 
 
 def _without_small_parts(mask: np.ndarray, smallest: int) -> np.ndarray:
