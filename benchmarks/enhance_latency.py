@@ -8,7 +8,7 @@ the peak resident memory it reports (``ru_maxrss``: imports, weights, the image 
 tiled enhancement) is its own.
 
     python benchmarks/enhance_latency.py
-    python benchmarks/enhance_latency.py --backbones ldm-unet --sizes 512 --steps 10 --batch 4
+    python benchmarks/enhance_latency.py --backbones ldm-unet --sizes 512 --steps 4 --batch 4
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def main() -> None:
     parser.add_argument("--backbones", type=lambda s: s.split(","), help="comma-separated (default: all installed)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[512, 2048])
-    parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50],
+    parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=[4, 50],
                         help="DDIM step counts of the sample path")
-    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--tile", type=int, default=1024, help="tile side (default 1024, rdiff enhance's)")
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -128,7 +128,8 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.worker))))
         return
 
-    header = f"{'backbone':<10} {'params':>8} {'size':>6} {'path':<10} {'tiles':>5} {'s/image':>9} {'peak MiB':>9}"
+    header = (f"{'backbone':<10} {'params':>8} {'size':>6} {'path':<10} {'tiles':>5} {'s/image':>9} {'× fast':>7} "
+              f"{'peak MiB':>9}")
     import os
 
     import torch
@@ -137,6 +138,7 @@ def main() -> None:
           f"{args.threads or torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     print(header)
     print("-" * len(header))
+    fast: dict[tuple[str, int], float] = {}  # seconds of the fast path per backbone and size
     for job in jobs(args):
         child = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
         label = job["path"] if job["path"] == "fast" else f"ddim{job['steps']}"
@@ -144,8 +146,11 @@ def main() -> None:
             print(f"{job['backbone']:<10} {'':>8} {job['size']:>6} {label:<10} failed: {child.stderr.strip().splitlines()[-1]}")
             continue
         r = json.loads(child.stdout.strip().splitlines()[-1])
+        if r["path"] == "fast":
+            fast[r["backbone"], r["size"]] = r["seconds"]
+        ratio = r["seconds"] / fast[r["backbone"], r["size"]] if (r["backbone"], r["size"]) in fast else float("nan")
         print(f"{r['backbone']:<10} {r['parameters'] / 1e6:>7.2f}M {r['size']:>6} {label:<10} {r['tiles']:>5} "
-              f"{r['seconds']:>9.2f} {r['peak_mib']:>9.0f}", flush=True)
+              f"{r['seconds']:>9.2f} {ratio:>7.2f} {r['peak_mib']:>9.0f}", flush=True)
 
 
 if __name__ == "__main__":

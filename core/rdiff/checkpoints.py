@@ -8,9 +8,8 @@
 - Optimiser and RNG state are plain tensors and numbers, saved with ``torch.save`` and loaded only with
   ``torch.load(weights_only=True)``. Nothing is ever unpickled.
 - A run's final weights get such a manifest too, ``RUN/manifest.json`` (:func:`record_weights`), so that a
-  deleted, truncated or corrupted weight file is found and named when the run is loaded
-  (:func:`verify_weights`), instead of surfacing as a decoder traceback or, worse, as a run that silently
-  enhances without its adaptor. Its paths are relative to the run directory::
+  damaged or missing weight file is named when the run is loaded (:func:`verify_weights`), not found as a
+  decoder traceback or a run silently enhancing without its adaptor. Paths are relative to the run::
 
       {"files": {"reconstruct/autoencoder/diffusion_pytorch_model.safetensors": {"bytes": ..., "sha256": ...},
                  "adapt/adaptor.safetensors": {...}}}
@@ -26,12 +25,13 @@ import json
 import os
 import re
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from rdiff.errors import UserError
@@ -88,8 +88,6 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_weights(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     """Write a safetensors file atomically."""
-    from safetensors.torch import save
-
     write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
@@ -156,8 +154,6 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, dict[str, torch.Te
             continue
         problem = verify(candidate)
         if problem:
-            import warnings
-
             warnings.warn(f"checkpoint '{candidate}' is damaged ({problem}); trying an older one", stacklevel=2)
             continue
         manifest = json.loads((candidate / MANIFEST).read_text())

@@ -122,9 +122,9 @@ class RunConfig:
 
 def build(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     """Instantiate dataclass ``cls`` from a nested dict, checking keys and value types."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if not isinstance(data or {}, dict):
         raise UserError(f"config key '{where}' must be a mapping, got {data!r}.")
+    data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

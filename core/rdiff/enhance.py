@@ -93,9 +93,7 @@ def enhance_image(backbone: Reconstructor, modality: Modality, image: np.ndarray
     target = resolve_device(backbone, device)
     amp_dtype = resolve_dtype(dtype, target)
 
-    if roi is None:
-        roi = modality.roi(image)
-    roi = np.asarray(roi, dtype=bool)
+    roi = np.asarray(modality.roi(image) if roi is None else roi, dtype=bool)
     if roi.shape != image.shape[:2]:
         raise UserError(f"the roi has shape {roi.shape} but the image is {image.shape[0]}×{image.shape[1]}.")
 
@@ -492,11 +490,11 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
     volume). Defaults: the run's path, options, tile and overlap, and the GPU when there is one (else
     wherever the backbone is); the backbone is moved there once for all files and moved back after.
 
-    A file that cannot be read or written is reported by name and skipped. Returns the exit code: 0 when
-    every file was enhanced, 2 when any failed. Bad options or missing inputs raise :class:`UserError`
-    before any work is done.
-    """
+    A file that cannot be read or written is reported by name and skipped. Returns the exit code, 0 or 2
+    when any file failed; bad options or missing inputs raise :class:`UserError` before any work is done."""
     from tqdm.auto import tqdm
+
+    from rdiff.training import progress
 
     backbone, modality = run.backbone, run.modality
     path, options = run.resolve_path(path, **settings)
@@ -514,7 +512,7 @@ def enhance_files(run: Any, inputs: list[str], out_dir: str | Path, *, path: str
                                "choose another output folder (--out) or a suffix for the output names (--suffix)")
     failed: list[str] = []
     started = time.perf_counter()
-    with on_device(backbone, target), tqdm(jobs, unit="image", disable=None) as bar:
+    with on_device(backbone, target), progress(jobs, unit="image", disable=None) as bar:
         for file, relative, (output, *side_by_side) in bar:
             bar.set_postfix_str(str(relative), refresh=False)
             began = time.perf_counter()

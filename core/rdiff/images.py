@@ -79,9 +79,8 @@ def to_float(array: np.ndarray, channels: int = 3, name: str = "image") -> np.nd
 
 def bit_depth(path: str | Path) -> int:
     """8 or 16: the bit depth of an existing image file."""
-    path = Path(path)
     try:
-        return 16 if _read_raw(path).dtype in (np.uint16, np.int32) else 8
+        return 16 if _read_raw(Path(path)).dtype in (np.uint16, np.int32) else 8
     except Exception:  # noqa: BLE001
         return 8
 

@@ -94,11 +94,10 @@ class Plugins:
 
     def _collect(self, kind: str) -> None:
         hook = getattr(self.pm.hook, f"rdiff_register_{_PLURAL[kind]}")
-        impls = hook.get_hookimpls()
         # rdiff's own plugins register first, whatever order the entry points come in: a third-party plugin
         # cannot take over a built-in name (and make existing runs of the built-in stop loading)
-        impls = sorted(impls, key=lambda impl: not self._builtin(self.pm.get_name(impl.plugin)))
-        for impl in impls:
+        builtin = {name for name, info in self.info.items() if info.distribution == "rdiff"}
+        for impl in sorted(hook.get_hookimpls(), key=lambda impl: self.pm.get_name(impl.plugin) not in builtin):
             name = self.pm.get_name(impl.plugin)
             try:
                 impl.function(register=Register(self.entries[kind], kind, name, origin=self.origin))
@@ -106,10 +105,6 @@ class Plugins:
                 self.broken[name] = str(exc)
             except Exception as exc:  # noqa: BLE001
                 self.broken[name] = f"{type(exc).__name__} while registering {_PLURAL[kind]}: {exc}"
-
-    def _builtin(self, name: str) -> bool:
-        info = self.info.get(name)
-        return info is not None and info.distribution == "rdiff"
 
     def origin(self, name: str) -> str:
         """Where plugin ``name`` comes from, for messages: its distribution, or its module."""

@@ -10,8 +10,7 @@ fix one of them; the others would silently mix two configurations in one run. So
   the seed, ...): start a new run, or re-adapt with ``rdiff adapt --from RUN --out NEW``;
 - ignores a flag that repeats the run's own value.
 
-The report of a resumed run adds the training time of this resume to the time the run had already spent
-(:func:`rdiff.report.carry_times`), so resuming a finished run does not replace 38 s of training with 0.6 s.
+Its report adds this resume's training time to the run's own (:func:`rdiff.report.carry_times`).
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def apply(run_dir: str | Path, saved: dict[str, Any], override: dict[str, Any]) 
         return before, None
     done = _phase1_done(run_dir, saved)
     stages = set((saved.get("train") or {}).get("steps") or {})
-    finished = bool(saved.get("reconstruct_from")) or (bool(done) and stages <= set(done))  # another run's: finished
+    finished = bool(saved.get("reconstruct_from")) or (bool(done) and stages <= set(done))  # another run's: done
     untrained = not holds_results(run_dir)  # config.yaml only, as a run stopped before its first checkpoint
     refused = []
     for key in changed:

@@ -13,6 +13,7 @@ Layout (see docs/concepts.md)::
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -54,14 +55,8 @@ def write_config(run_dir: Path, config: RunConfig, note: str | None = None) -> N
     import yaml
 
     path = Path(run_dir) / "config.yaml"
-    kept = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.startswith("#"):
-                break
-            kept.append(line)
-    if note:
-        kept.append(f"# {note}")
+    old = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    kept = list(itertools.takewhile(lambda line: line.startswith("#"), old)) + ([f"# {note}"] if note else [])
     header = "".join(line + "\n" for line in kept)
     write_bytes(path, (header + yaml.safe_dump(to_dict(config), sort_keys=False)).encode("utf-8"))
 

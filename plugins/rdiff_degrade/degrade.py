@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from rdiff.checkpoints import write_json
 from rdiff.errors import UserError
 from rdiff.images import expand_inputs, plan_outputs
 from rdiff.modality import Modality
+from rdiff.training import progress
 
 
 def degrade_files(modality: Modality, inputs: list[str], out_dir: str | Path, seed: int = 0) -> int:
@@ -22,7 +22,7 @@ def degrade_files(modality: Modality, inputs: list[str], out_dir: str | Path, se
     # refused before anything is written: a degraded copy must never replace a clean original
     files = plan_outputs(expand_inputs(inputs, modality.suffixes), out_dir, lambda rel: [rel, rel.with_suffix(".json")])
     failed = 0
-    for file, rel, (target, record) in tqdm(files, desc="degrade", unit="file", disable=len(files) < 2):
+    for file, rel, (target, record) in progress(files, desc="degrade", unit="file", disable=len(files) < 2):
         try:
             images = modality.read_stack(file)
         except UserError as exc:
