@@ -19,7 +19,7 @@ import pytest
 from rdiff.cli import build_parser, main
 from test_probes import TOY, png, snapshot, trained  # noqa: F401 - trained: the fixture of one finished toy run
 
-TOOLS = "toy_plugin,rdiff_degrade,rdiff_bench,rdiff_scaffold,rdiff_list,rdiff_estimate"
+TOOLS = "toy_plugin,rdiff_degrade,rdiff_bench,rdiff_scaffold,rdiff_list,rdiff_estimate,rdiff_uncertainty"
 
 #: a valid command line of each command, whose options get bad values one at a time ({run}, {img}, {tmp})
 BASE = {
@@ -33,6 +33,7 @@ BASE = {
     "new-plugin": ["new-plugin", "stain-norm", "--kind", "adaptor", "--out", "{tmp}/plugins"],
     "list": ["list", "backbones"],
     "plugins": ["plugins"],
+    "calibrate": ["calibrate", "--run", "{run}"],
 }
 _RUN = {"--backbone": "bogus", "--modality": "bogus", "--adaptor": "bogus", "--preset": "bogus",
         "--data": "{tmp}/missing", "--pairs": "{tmp}/missing", "--out": "{img}", "--config": "{tmp}/missing.yaml",
@@ -54,6 +55,7 @@ BAD = {
     ("bench", "--test"): "{tmp}/missing", ("bench", "--reconstruct-from"): "{tmp}/missing",
     ("bench", "--run"): "{tmp}/missing", ("bench", "--out"): "{img}",
     ("new-plugin", "name"): "Not A Name!", ("new-plugin", "--out"): "{img}",
+    ("calibrate", "--run"): "{tmp}/missing", ("calibrate", "--path"): "bogus",
 }
 #: options with a type of their own (not rdiff.cli.number): values argparse must refuse
 OWN_TYPES = {("bench", "--reconstruct-steps"): ("nan", "0", "x"), ("bench", "--adapt-steps"): ("inf", "-1", "x"),

@@ -191,8 +191,12 @@ class LatentDiffusion(Reconstructor):
         timesteps = torch.randint(0, high, (target.shape[0],), device=target.device)
         noisy = self.scheduler.add_noise(target, noise, timesteps)
         prediction = self.predict(torch.cat([noisy, condition], dim=1), timesteps)
-        goal = {"residual": lambda: target - condition, "epsilon": lambda: noise,
-                "v_prediction": lambda: self.scheduler.get_velocity(target, noise, timesteps)}[self.config.prediction]()
+        if self.config.prediction == "residual":
+            goal = target - condition
+        elif self.config.prediction == "epsilon":
+            goal = noise
+        else:
+            goal = self.scheduler.get_velocity(target, noise, timesteps)
         return F.mse_loss(prediction.float(), goal.float())
 
     # --- phase 2 ---------------------------------------------------------------------------------------------

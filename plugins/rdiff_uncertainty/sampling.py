@@ -134,6 +134,8 @@ def enhance_files_with_uncertainty(args: Any) -> int:
     backbone, modality = run.backbone, run.modality
     path, options = sampling_path(backbone, args.path, run.resolve_path, steps=args.steps, eta=args.eta)
     check_request(backbone, path, args.samples)
+    if args.compare:
+        raise UserError("--compare and --uncertainty cannot be combined; give one of them.")
     tile = run.tile if args.tile is None else args.tile
     overlap = min(run.overlap, tile // 2) if args.overlap is None else args.overlap
     check_options(backbone, tile=tile, overlap=overlap, batch=args.batch)
@@ -145,9 +147,12 @@ def enhance_files_with_uncertainty(args: Any) -> int:
     elif calibration is None:
         warnings.warn("the run holds no calibration (rdiff calibrate --run RUN); the maps show the raw spread, "
                       "which states no risk.", stacklevel=2)
-    stem_suffix = args.suffix or ""
-    jobs = images.plan_outputs(images.expand_inputs(list(args.inputs), tuple(modality.suffixes)), Path(args.out),
-                               lambda rel: (lambda out: [out, *map_names(out)])(rel.parent / f"{rel.stem}{stem_suffix}{rel.suffix}"),
+
+    def outputs(relative: Path) -> list[Path]:  # the enhanced file, then its two maps
+        enhanced = relative.parent / f"{relative.stem}{args.suffix or ''}{relative.suffix}"
+        return [enhanced, *map_names(enhanced)]
+
+    jobs = images.plan_outputs(images.expand_inputs(list(args.inputs), tuple(modality.suffixes)), Path(args.out), outputs,
                                "choose another output folder (--out) or a suffix for the output names (--suffix)")
     failed = []
     for file, relative, (output, heat, raw) in jobs:
@@ -155,7 +160,8 @@ def enhance_files_with_uncertainty(args: Any) -> int:
             stack = modality.read_stack(file)
             results = [sample_uncertainty(backbone, modality, image, path=path, options=options,
                                           samples=args.samples, seed=args.seed, tile=tile, overlap=overlap,
-                                          batch=args.batch, device=args.device, dtype=args.dtype) for image in stack]
+                                          batch=args.batch, device=args.device, dtype=args.dtype,
+                                          preserve_color=args.preserve_color) for image in stack]
             modality.write_stack(output, [r.mean for r in results], like=file)
             middle = results[len(results) // 2]  # a volume's middle slice, as --compare shows
             values = calibration.half_width(middle.spread) if calibration else middle.spread
