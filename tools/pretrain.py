@@ -180,11 +180,14 @@ def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command)
             continue
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target / "reconstruct" / entry.name)
     # the configuration without this machine's paths: an adapted run takes its data from the user
+    import rdiff
     from rdiff.config import load_yaml
     import yaml
 
     config = load_yaml(run_dir / "config.yaml")
     config.update(data=None, pairs=None, out=None, reconstruct_from=None)
+    # how the checkpoint enhances by default is the preset's of today (evaluating it alone: rdiff.load_run)
+    config["eval"].update(rdiff.get_preset(args.backbone, args.preset).get("eval", {}))
     (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (target / "split.json").write_text(json.dumps(split, indent=1))
     (target / "ceiling.json").write_text(json.dumps(ceiling, indent=1))
@@ -194,7 +197,7 @@ def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command)
         (target / "manifest.json").write_text(json.dumps({"files": files}, indent=1))
     size = sum(p.stat().st_size for p in target.rglob("*.safetensors"))
     shown = " ".join(["python", "tools/pretrain.py", "--backbone", args.backbone, "--modality", args.modality,
-                      "--preset", args.preset, "--data", "DIR"])
+                      "--preset", args.preset, "--data", "DIR", *(["--keep", *args.keep] if args.keep else [])])
     metrics = sorted(ceiling["phase1"])
     kept = (f" (the {', '.join(args.keep)} kept from the previous release, trained as above; the time is the "
             f"other stages')") if args.keep else ""
