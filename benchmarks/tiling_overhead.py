@@ -1,7 +1,9 @@
-"""Tiling overhead of enhancement on the ``fast`` path: rdiff's tiled enhancement against one plain
-forward pass ``D(E(x))`` over the same pixels, and how far the tiled result is from the whole-image one.
+"""Tiling overhead of enhancement: rdiff's tiled enhancement against one plain pass over the same pixels
+(``fast``: ``D(E(x))``; ``--path sample``: the backbone's sampler on the whole image, 4 steps), and how far
+the tiled result is from the whole-image one.
 
     python benchmarks/tiling_overhead.py [--backbone ldm-unet] [--sizes 512,1024,1411] [--rounds 3]
+    python benchmarks/tiling_overhead.py --path sample --sizes 1411,2048 --rounds 1 --no-small
 
 Prints a table: image side, tiles, seconds of the plain pass, seconds of ``enhance_image`` with the run
 defaults (tile 1024, overlap 96) and with 256-px tiles, their ratios, and the largest difference from the
@@ -24,6 +26,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,1024,1411")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--path", default="fast", choices=("fast", "sample"))
+    parser.add_argument("--no-small", action="store_true", help="skip the 256-px tiles")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -51,12 +55,18 @@ def main() -> None:
         padded = -(-side // multiple) * multiple
         x = torch.from_numpy(np.pad(image, ((0, padded - side), (0, padded - side), (0, 0)), mode="reflect"))
         x = x.permute(2, 0, 1)[None].contiguous()
+        path = dict(path=args.path, steps=4) if args.path == "sample" else dict(path="fast")
         with torch.no_grad():
-            plain = timed(lambda: backbone.decode(backbone.encode(x)))
-        whole = enhance_image(backbone, modality, image, roi=roi, tile=max(1024, padded), overlap=96)
-        tiled_time = timed(lambda: enhance_image(backbone, modality, image, roi=roi, tile=1024, overlap=96))
-        small_time = timed(lambda: enhance_image(backbone, modality, image, roi=roi, tile=256, overlap=96))
-        small = enhance_image(backbone, modality, image, roi=roi, tile=256, overlap=96)
+            if args.path == "fast":
+                plain = timed(lambda: backbone.decode(backbone.encode(x)))
+            else:
+                plain = timed(lambda: backbone.enhance(x, path="sample", options=backbone.resolve_path("sample", steps=4)[1]))
+        whole = enhance_image(backbone, modality, image, roi=roi, tile=max(1024, padded), overlap=96, **path)
+        tiled_time = timed(lambda: enhance_image(backbone, modality, image, roi=roi, tile=1024, overlap=96, **path))
+        small_tile = 1024 if args.no_small else 256
+        small_time = tiled_time if args.no_small else timed(
+            lambda: enhance_image(backbone, modality, image, roi=roi, tile=256, overlap=96, **path))
+        small = enhance_image(backbone, modality, image, roi=roi, tile=small_tile, overlap=96, **path)
         axis = _plan_axis(side, 1024, 96, multiple)
         diff = float(np.abs(small - whole)[roi].max()) * 255
         print(f"{side:>6} {len(axis.starts) ** 2:>6} {plain:>8.2f} {tiled_time:>8.2f} {tiled_time / plain:>6.2f} "

@@ -232,10 +232,15 @@ def _print_summary(out: Path, report: dict[str, Any] | None) -> None:
 # --- the parser -----------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence, no usage block above it (bad input: exit 2)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rdiff.plugins import plugins
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rdiff", description="Enhance medical images by reconstruction, then adaptation.",
         epilog="Quick start: rdiff train --backbone ldm-unet --modality fundus --preset tiny")
     parser.add_argument("--version", action="version", version=f"rdiff {__version__}")
