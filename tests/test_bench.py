@@ -27,6 +27,8 @@ def rdiff_register_backbones(register):
 
     register("toy-broken", build=_broken, config=ToyConfig, summary="fails in phase 1", capabilities=("latent",),
              presets=TOY_PRESETS)
+    register("toy-sampling", build=_sampling, config=ToyConfig, summary="the toy with a noisy 'sample' path",
+             capabilities=("latent", "sampling"), presets=TOY_PRESETS)
 
 
 def _broken(config, channels):
@@ -37,6 +39,23 @@ def _broken(config, channels):
             raise RuntimeError("exploded on purpose")
 
     return Broken(config, channels)
+
+
+def _sampling(config, channels):
+    import torch
+    from toy_components import ToyBackbone
+
+    class Sampling(ToyBackbone):
+        capabilities = frozenset({"latent", "sampling"})
+
+        def enhance(self, lq, *, path="fast", options=None, generator=None, noise=None):
+            out = super().enhance(lq)
+            if path == "fast":
+                return out
+            jitter = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+            return (out + 0.05 * jitter).clamp(0, 1)
+
+    return Sampling(config, channels)
 
 
 def bench(*argv: str) -> int:
@@ -224,3 +243,48 @@ def test_a_resumed_from_scratch_run_still_keeps_its_best_step(toy, tmp_path, mon
                      tmp_path, resume=True)
     assert resumed.scratch()["best_step"] == 2
     assert json.loads((tmp_path / "scratch" / "scratch.json").read_text())["best_step"] == 2
+
+
+@pytest.mark.slow
+def test_the_hallucination_report_is_next_to_psnr_for_a_sampling_backbone(tmp_path, monkeypatch, capsys):
+    """Adapted rows of a backbone that samples carry structure invented / lost (and how much of it the
+    uncertainty map flags) on the default sampling path only; without the uncertainty plugin the bench still
+    runs, says so in one line and has no such columns; 1 sample cannot measure a spread."""
+    from rdiff import plugins
+    from rdiff.errors import UserError
+
+    tiny = ["--backbones", "toy-sampling", "--modalities", "toy", "--adaptors", "toy-adaptor", "--seeds", "1",
+            "--crops", "2", "--pairs-counts", "1", "--reconstruct-steps", "1", "--adapt-steps", "1",
+            "--batch-size", "2"]
+    monkeypatch.setenv("RDIFF_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("RDIFF_PLUGINS", f"toy_plugin,{__name__},rdiff_uncertainty")
+    plugins.reset()
+    with pytest.raises(UserError, match="at least 2"):
+        bench(*tiny, "--uncertainty-samples", "1", "--out", str(tmp_path / "one"))
+    assert bench(*tiny, "--uncertainty-samples", "2", "--out", str(tmp_path / "on")) == 0
+    rows = json.loads((tmp_path / "on" / "results.json").read_text())["rows"]
+    adapted = {r["path"]: r for r in rows if r["method"] == "adapted"}
+    assert set(adapted) == {"fast", "sample"}
+    report = adapted["sample"]["hallucination"]
+    assert (report["samples"], report["seeds"]) == (2, 1)
+    for key in ("invented", "lost", "structure"):
+        assert 0 <= report[key]["mean"] <= 1
+    assert report["invented"]["mean"] + report["lost"]["mean"] > 0  # a noisy sampler changes some structure
+    for key in ("invented_flagged", "lost_flagged"):
+        assert report[key] is None or 0 <= report[key]["mean"] <= 1
+    assert [r for r in rows if r.get("hallucination")] == [adapted["sample"]]  # that row only
+    table = (tmp_path / "on" / "results.md").read_text()
+    assert "| PSNR (dB) | SSIM | invented (flagged) | lost (flagged) |" in table
+    line = next(l for l in table.splitlines() if l.startswith("| toy-sampling | toy-adaptor | adapted | sample |"))
+    assert line.count("%") >= 2
+    assert "high-uncertainty region" in table
+
+    monkeypatch.setenv("RDIFF_PLUGINS", f"toy_plugin,{__name__}")  # the uncertainty plugin not loaded
+    plugins.reset()
+    capsys.readouterr()
+    assert bench(*tiny, "--out", str(tmp_path / "off")) == 0
+    printed = capsys.readouterr()
+    said = [l for l in (printed.out + printed.err).splitlines() if "no hallucination report" in l]
+    assert len(said) == 1 and "not loaded" in said[0]
+    assert not any(r.get("hallucination") for r in json.loads((tmp_path / "off" / "results.json").read_text())["rows"])
+    assert "invented (flagged)" not in (tmp_path / "off" / "results.md").read_text()

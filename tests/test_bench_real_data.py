@@ -131,7 +131,8 @@ def bench_out(tmp_path_factory):
     data = tmp_path_factory.mktemp("photos")
     _photos(data, 10)
     out = tmp_path_factory.mktemp("bench") / "out"
-    code = main(["bench", "--data", str(data), "--modality", "photo", "--seeds", "2", *TINY, "--out", str(out)])
+    code = main(["bench", "--data", str(data), "--modality", "photo", "--seeds", "2", *TINY,
+                 "--uncertainty-samples", "2", "--out", str(out)])
     return data, out, code
 
 
@@ -148,7 +149,7 @@ def test_the_command_runs_end_to_end_and_writes_the_tables(bench_out, capsys):
     report = json.loads((out / "results.json").read_text())
     rows = {(r["method"], r["path"]): r for r in report["rows"]}
     for key in [("input", None), ("clahe", None), ("colour regression", None), ("reconstruct-only", "fast"),
-                ("adapted", "fast"), ("adapted", "ddim10"), ("ceiling D(E(hq))", "fast"),
+                ("adapted", "fast"), ("adapted", "ddim4"), ("ceiling D(E(hq))", "fast"),
                 ("bicubic round trip", None)]:
         assert key in rows, key
         row = rows[key]
@@ -157,8 +158,16 @@ def test_the_command_runs_end_to_end_and_writes_the_tables(bench_out, capsys):
     assert rows[("adapted", "fast")]["seeds"] == [0, 1] and len(rows[("adapted", "fast")]["per_seed"]["psnr"]) == 2
     assert rows[("colour regression", None)]["seeds"] == [0, 1]  # simulated pairs: one fit per seed
     assert rows[("input", None)]["by_type"]
+    # the hallucination report: on the adapted rows of the default sampling path only, one entry per seed
+    report = rows[("adapted", "ddim4")]["hallucination"]  # ddim4: the tiny preset's eval.path
+    assert (report["samples"], report["seeds"]) == (2, 2)
+    assert all(0 <= report[k]["mean"] <= 1 for k in ("structure", "invented", "lost"))
+    assert all(report[k] is None or 0 <= report[k]["mean"] <= 1 for k in ("invented_flagged", "lost_flagged"))
+    assert [key for key, r in rows.items() if r.get("hallucination")] == [("adapted", "ddim4")]
     text = (out / "results.md").read_text()
-    assert "| backbone | method | psnr | ssim | delta_e | seeds |" in text
+    assert "| backbone | method | psnr | ssim | delta_e | invented (flagged) | lost (flagged) | seeds |" in text
+    line = next(l for l in text.splitlines() if l.startswith("| ldm-unet | adapted ddim4 (residual) |"))
+    assert line.count("%") >= 2 and "high-uncertainty region" in text
     assert "| ldm-unet | adapted fast (residual) |" in text and "by degradation type" in text
     assert (out / "grid.png").is_file()
     runs = sorted(p.name for p in (out / "runs").iterdir())
@@ -171,7 +180,7 @@ def test_the_command_runs_end_to_end_and_writes_the_tables(bench_out, capsys):
     printed = capsys.readouterr()
     assert "reusing the finished run" in printed.err + printed.out
     assert next((out / "runs").glob("phase1-*/reconstruct/stages.json")).stat().st_mtime == stamp
-    assert "| ldm-unet | reconstruct-only |" in printed.out  # the tables are printed at the end
+    assert "| ldm-unet | reconstruct-only fast |" in printed.out  # the tables are printed at the end
 
 
 @pytest.mark.slow
@@ -193,7 +202,8 @@ def test_a_finished_run_is_scored_on_the_test_part_of_the_split(bench_out, capsy
     report = json.loads((out / "results.json").read_text())
     rows = {(r["method"], r["path"]): r for r in report["rows"]}
     assert psnr["input (degraded)"] == pytest.approx(rows[("input", None)]["metrics"]["psnr"]["mean"], abs=1e-3)
-    assert psnr["adapted fast *"] == pytest.approx(rows[("adapted", "fast")]["per_seed"]["psnr"][0], abs=1e-3)
+    # * marks the default path: ddim4, the tiny preset's eval.path
+    assert psnr["adapted ddim4 *"] == pytest.approx(rows[("adapted", "ddim4")]["per_seed"]["psnr"][0], abs=1e-3)
 
 
 @pytest.mark.slow
@@ -221,6 +231,23 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys):
         assert expected in err and len(err.splitlines()) == 1, err
     assert main(["bench", "--modalities", "photo"]) == 2  # neither --backbones nor --data
     assert "--backbones" in capsys.readouterr().err
+
+
+def test_a_blocked_uncertainty_plugin_is_said_in_one_line(monkeypatch):
+    from rdiff import plugins
+    from rdiff.errors import UserError
+    from rdiff_bench import hallucination
+
+    assert hallucination.unavailable() is None  # the built-in plugin, loaded
+    assert hallucination.skipped_line(4, ["ldm-unet"]) is None
+    monkeypatch.setenv("RDIFF_BLOCK_PLUGINS", "uncertainty")
+    plugins.reset()
+    line = hallucination.skipped_line(4, ["cnn-ae", "ldm-unet"])
+    assert "blocked or not loaded" in line and "\n" not in line
+    # nothing to say when no report was asked for, or no backbone samples
+    assert hallucination.skipped_line(0, ["ldm-unet"]) is None and hallucination.skipped_line(4, ["cnn-ae"]) is None
+    with pytest.raises(UserError, match="at least 2"):
+        hallucination.check_samples(1)
 
 
 def test_a_misspelt_set_key_stops_the_bench_before_it_scores_or_trains(tmp_path, capsys):

@@ -73,6 +73,7 @@ class Settings:
     adapt_steps: int | None = 20
     batch_size: int | None = 8
     scratch_lr: float | None = None  # the from-scratch baseline's learning rate; None: the adaptation's
+    uncertainty_samples: int = 4  # the hallucination report's samples per crop (rdiff_bench.hallucination); 0: none
     out: str = "runs/bench"
     force: bool = False
     dry_run: bool = False  # print the plan and its estimate, run nothing
@@ -101,6 +102,7 @@ class Unit:
     headline: bool = False
     key: str = ""
     estimate: float = 0.0  # seconds, from the measured step times
+    uncertainty: int = 0  # samples per crop of the hallucination report (adaptations at the headline count)
 
     @property
     def label(self) -> str:
@@ -150,6 +152,9 @@ def plan(settings: Settings) -> list[Unit]:
     """Every unit of work in running order: per backbone × modality, its baselines, then per seed its phase
     1, its adaptations (every adaptor × pairs count) and its from-scratch runs."""
     units: list[Unit] = []
+    from rdiff_bench.hallucination import stochastic, unavailable
+
+    report = settings.uncertainty_samples >= 2 and any(map(stochastic, settings.backbones)) and unavailable() is None
     for backbone in settings.backbones:
         for modality in settings.modalities:
             base = Unit("baselines", backbone, modality)
@@ -165,6 +170,8 @@ def plan(settings: Settings) -> list[Unit]:
                     for n in settings.pairs_counts:
                         unit = _unit(settings, "adapt", backbone, modality, seed, base.error, adaptor, n)
                         unit.parent = phase1
+                        if report and unit.headline and stochastic(backbone):
+                            unit.uncertainty = settings.uncertainty_samples
                         units.append(unit)
                 for n in settings.pairs_counts:
                     units.append(_unit(settings, "scratch", backbone, modality, seed, base.error, None, n))
@@ -214,6 +221,8 @@ def unit_key(unit: Unit) -> str:
             config["train"].pop(key)
     what = {"version": BENCH_VERSION, "kind": unit.kind, "config": config, "headline": unit.headline,
             "parent": unit.parent.key if unit.parent else None}
+    if unit.uncertainty:  # a unit without the report keeps its key (and its cached result)
+        what["uncertainty_samples"] = unit.uncertainty
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -252,6 +261,11 @@ class Bench:
 
     # -- the whole bench ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from rdiff_bench.hallucination import skipped_line
+
+        skipped = skipped_line(self.settings.uncertainty_samples, self.settings.backbones)
+        if skipped:
+            say(skipped)
         todo, planned = [], set()
         for unit in self.units:
             if unit.key in self.results or unit.key in planned:
@@ -373,6 +387,8 @@ class Bench:
         engine.load_reconstruction()
         info = engine.adapt()
         result = self._evaluate(unit, engine, sampling=unit.headline, typed=unit.headline)
+        if unit.uncertainty:
+            result["hallucination"] = self._hallucination(unit, engine)
         engine.write_report(self._report_eval(unit, result), info)
         counts = parameter_counts(engine.backbone, config.train.train_base)
         return {**result, "trainable": counts["trainable"], "total": counts["total"],
@@ -417,6 +433,19 @@ class Bench:
                 out = backbone.enhance(lq, path="fast").float().clamp(0, 1).cpu().numpy().transpose(0, 2, 3, 1)
             self._save_samples(unit, {"fast": out})
         return {"paths": scores, "crops": len(pairs), "eval_time_s": round(time.perf_counter() - started, 2)}
+
+    def _hallucination(self, unit: Unit, engine: Any) -> dict[str, Any]:
+        """The hallucination report (:mod:`rdiff_bench.hallucination`) of the adapted model on the held-out
+        crops, each enhanced whole, on the run's default sampling path from the evaluation's seed."""
+        from rdiff_bench.hallucination import default_sampling, report
+
+        pairs = self.heldout(unit.config, engine.modality)
+        name, choice = default_sampling(engine.backbone, unit.config)
+        started = time.perf_counter()
+        result = report(engine.backbone, engine.modality, pairs, choice, samples=unit.uncertainty,
+                        seed=unit.config.eval.seed, tile=max(max(p.lq.shape[:2]) for p in pairs),
+                        device=engine.device)
+        return {**result, "path": name, "time_s": round(time.perf_counter() - started, 2)}
 
     def _report_eval(self, unit: Unit, result: dict[str, Any]) -> dict[str, Any]:
         """The ``eval`` section of the run's report.json (so each run directory reads like any other)."""
@@ -719,6 +748,7 @@ def estimate_costs(bench: Bench, units: list[Unit]) -> None:
         validation = validations * train.val_pairs * (t.fast + plain)
         step = t.adapt if unit.kind == "adapt" else t.scratch
         sampling = crops * (t.sampling + plain) if unit.headline and unit.kind == "adapt" else 0.0
+        sampling += crops * unit.uncertainty * t.sampling  # the hallucination report (an upper bound)
         unit.estimate = train.adapt_steps * step + validation + evaluation + sampling
 
 
@@ -812,6 +842,12 @@ def collect_rows(bench: Bench) -> list[dict[str, Any]]:
                     for path in _paths(bench, runs):
                         rows.append(make_row({**base, "adaptor": adaptor, "method": "adapted", "pairs": n},
                                              entries(runs), path, path_scores(path)))
+                        reports = [r["hallucination"] for _, r, _ in entries(runs)
+                                   if r is not None and (r.get("hallucination") or {}).get("path") == path]
+                        if reports:
+                            from rdiff_bench.hallucination import summarise as summarise_reports
+
+                            rows[-1]["hallucination"] = summarise_reports(reports)
     return rows
 
 
@@ -869,16 +905,21 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
                   "checkpoints at this scale).", ""]
     if failed:
         lines += [f"**{len(failed)} row(s) failed** (the error is in the last column; tracebacks in errors.log).", ""]
+    from rdiff_bench import hallucination
+
+    reported = any(r.get("hallucination") for r in rows)  # the two columns of the hallucination report
+    extra = "".join(f" {h} |" for h in hallucination.HEADERS) if reported else ""
     for modality in s.modalities:
         lines += [f"## {modality}", "",
-                  "| backbone | adaptor | method | path | pairs | PSNR (dB) | SSIM | trained / total params | steps | "
-                  "time (s) | seeds | error |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| backbone | adaptor | method | path | pairs | PSNR (dB) | SSIM |{extra} trained / total params | "
+                  "steps | time (s) | seeds | error |",
+                  "|---|---|---|---|---|---|---|" + "---|" * (2 * reported) + "---|---|---|---|---|"]
         for r in (r for r in rows if r["modality"] == modality):
+            found = "".join(f" {c} |" for c in hallucination.cells(r.get("hallucination"))) if reported else ""
             lines.append(
                 f"| {r['backbone']} | {r['adaptor'] or ''} | {r['method']} | {r['path'] or ''} | "
                 f"{'' if r['pairs'] is None else r['pairs']} | {_number(r['psnr'], r['psnr_std'])} | "
-                f"{_number(r['ssim'], r['ssim_std'], 3)} | {_count(r['trainable_params'])} / "
+                f"{_number(r['ssim'], r['ssim_std'], 3)} |{found} {_count(r['trainable_params'])} / "
                 f"{_count(r['total_params'])} | {'' if r['steps'] is None else r['steps']} | "
                 f"{_number(r['time_s'], None, 1)} | {len(r['seeds'])} | {_cell(r['error'])} |")
         lines += [""] + _by_type_table(rows, modality, s.headline)
@@ -899,7 +940,8 @@ def results_markdown(bench: Bench, rows: list[dict[str, Any]]) -> str:
         "- `time (s)`: mean training time of the method per seed (phase 1 for `reconstruct-only`, phase 2 only "
         "for `adapted`), without evaluation.",
         "- Plots: `convergence.png` (validation PSNR during adaptation vs from scratch), `pairs.png` "
-        "(held-out PSNR vs number of pairs), `grid-<modality>.png` (held-out crops before and after).", ""]
+        "(held-out PSNR vs number of pairs), `grid-<modality>.png` (held-out crops before and after).",
+        *([hallucination.note(s.uncertainty_samples)] if reported else []), ""]
     return "\n".join(lines)
 
 
@@ -1137,8 +1179,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     preset=args.preset,
                     pairs_counts=_counts(args.pairs_counts), seeds=args.seeds, crops=args.crops,
                     reconstruct_steps=args.reconstruct_steps, adapt_steps=args.adapt_steps,
-                    batch_size=args.batch_size, scratch_lr=args.scratch_lr, out=args.out, force=args.force,
+                    batch_size=args.batch_size, scratch_lr=args.scratch_lr,
+                    uncertainty_samples=_uncertainty_samples(args), out=args.out, force=args.force,
                     dry_run=args.dry_run, overrides=overrides)
+
+
+def _uncertainty_samples(args: argparse.Namespace) -> int:
+    from rdiff_bench.hallucination import DEFAULT_SAMPLES, check_samples
+
+    samples = getattr(args, "uncertainty_samples", DEFAULT_SAMPLES)
+    check_samples(samples)
+    return samples
 
 
 def require_matplotlib() -> None:

@@ -47,6 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--scratch-lr", type=number(float, positive=True), default=defaults.scratch_lr,
                    help="learning rate of the from-scratch baseline (default: the adaptation's, train.adapt_lr); "
                         "a randomly initialised model usually wants a higher one")
+    p.add_argument("--uncertainty-samples", type=number(int, 0), default=defaults.uncertainty_samples, metavar="K",
+                   help="samples per test image for the hallucination report (structure invented/lost and how much "
+                        "of it the uncertainty map flags) of adapted rows on the default sampling path of backbones "
+                        "that sample (default 4; 0 turns it off; needs the uncertainty plugin)")
     p.add_argument("--out", default=defaults.out, help="output folder: results, plots, runs/ and cache/")
     p.add_argument("--force", action="store_true", help="recompute every unit even when it is cached")
     p.add_argument("--dry-run", action="store_true", help="print the units to run and the time estimate, then stop")

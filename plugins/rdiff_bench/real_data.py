@@ -69,6 +69,7 @@ class RealSettings:
     seeds: int = 3
     scratch: bool = False
     scratch_lr: float | None = None
+    uncertainty_samples: int = 4  # the hallucination report's samples per test image (rdiff_bench.hallucination)
     out: str = "runs/bench-real"
     force: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -120,12 +121,16 @@ def settings_from_args(args: argparse.Namespace) -> RealSettings:
     if args.reconstruct_from is not None and len(backbones) > 1:
         raise UserError("--reconstruct-from gives one phase-1 run, so --backbones can name only its backbone.")
     out = args.out if args.out != "runs/bench" else "runs/bench-real"  # the synthetic bench's default folder
+    from rdiff_bench.hallucination import DEFAULT_SAMPLES, check_samples
+
+    uncertainty_samples = getattr(args, "uncertainty_samples", DEFAULT_SAMPLES)
+    check_samples(uncertainty_samples)
     return RealSettings(data=str(data), modality=modality, backbones=backbones, adaptors=adaptors,
                         preset=args.preset, pairs=args.pairs, test=args.test,
                         reconstruct_from=args.reconstruct_from, reconstruct_steps=args.reconstruct_steps,
                         adapt_steps=args.adapt_steps, batch_size=args.batch_size, seeds=args.seeds,
-                        scratch=args.scratch, scratch_lr=args.scratch_lr, out=out, force=args.force,
-                        overrides=overrides)
+                        scratch=args.scratch, scratch_lr=args.scratch_lr, uncertainty_samples=uncertainty_samples,
+                        out=out, force=args.force, overrides=overrides)
 
 
 def _names(text: str, flag: str) -> list[str]:
@@ -326,6 +331,7 @@ class RealBench:
         self.modality = create_modality(settings.modality)
         self.samples: dict[str, list[np.ndarray]] = {}  # row label -> the first test outputs (grid.png)
         self.notes: list[str] = []
+        self.hallucinate = False  # whether adapted rows get the hallucination report (set by run())
 
     # -- configurations -------------------------------------------------------------------------------------
     def config(self, backbone: str, *layers: dict[str, Any]) -> Any:
@@ -354,6 +360,12 @@ class RealBench:
             self.config(backbone)
         split = split_folder(modality, s.data)
         root = Path(s.data)
+        from rdiff_bench.hallucination import skipped_line, unavailable
+
+        skipped = skipped_line(s.uncertainty_samples, s.backbones)
+        if skipped:
+            say(skipped)
+        self.hallucinate = s.uncertainty_samples >= 2 and unavailable() is None
         self.out.mkdir(parents=True, exist_ok=True)
         self.split = {name: [str(p.relative_to(root)) for p in part] for name, part in split.items()}
         (self.out / "split.json").write_text(json.dumps({"data": str(root), **self.split}, indent=1), encoding="utf-8")
@@ -528,6 +540,23 @@ class RealBench:
         rows.append(make_row("colour regression", None, None, None, entries))
         return rows
 
+    # -- the hallucination report (rdiff_bench.hallucination) ---------------------------------------------------
+    def hallucination(self, run: Any, tests: list[Any], per_path: dict[str, list[tuple[int, dict]]], *,
+                      label: str) -> None:
+        """Add the hallucination report of ``run`` on the whole test images to the result of its default
+        sampling path's row (the last seed scored), sampled as that row's enhancement (seed 0, the run's tile)."""
+        from rdiff_bench.hallucination import default_sampling, report
+
+        name, choice = default_sampling(run.backbone, run.config)
+        if name not in per_path:  # a default sampling path the table has no row for
+            self.notes.append(f"- No hallucination report for {label}: its default sampling path ({name}) "
+                              "is not one of the scored paths.")
+            return
+        say(f"{label}: hallucination report, {self.s.uncertainty_samples} samples of {name} per test image")
+        per_path[name][-1][1]["hallucination"] = report(run.backbone, self.modality, tests, choice,
+                                                        samples=self.s.uncertainty_samples, seed=0,
+                                                        tile=run.tile, overlap=run.overlap)
+
     # -- rows of one backbone -------------------------------------------------------------------------------
     def model_rows(self, backbone: str, phase1_dir: Path, phase1_config: Any, pairs_dir: Path, tests: list[Any],
                    *, first: bool) -> list[dict[str, Any]]:
@@ -563,6 +592,8 @@ class RealBench:
                     if first and seed == 0 and adaptor == self.s.adaptors[0]:
                         self.samples[f"adapted {name}"] = kept
                     per_path.setdefault(name, []).append((seed, result))
+                if self.hallucinate and "sampling" in run.backbone.capabilities:
+                    self.hallucination(run, tests, per_path, label=f"adapted {adaptor}, seed {seed}")
             for name, entries in per_path.items():
                 rows.append(make_row("adapted", backbone, adaptor, name, entries))
         if self.s.scratch:
@@ -674,7 +705,8 @@ def make_row(method: str, backbone: str | None, adaptor: str | None, path: str |
     """A row: mean ± sample std over the entries (seeds) of every metric, overall and by degradation type."""
     from rdiff_bench.bench import summarise
 
-    scores = [{k: v for k, v in r.items() if k not in ("images", "sizes", "weights", "factor", "best_step")}
+    scores = [{k: v for k, v in r.items()
+               if k not in ("images", "sizes", "weights", "factor", "best_step", "hallucination")}
               for _, r in entries]
     summary = summarise(scores)
     row: dict[str, Any] = {"method": method, "backbone": backbone, "adaptor": adaptor, "path": path,
@@ -689,6 +721,11 @@ def make_row(method: str, backbone: str | None, adaptor: str | None, path: str |
             row[extra] = entries[0][1][extra]
     if any("best_step" in r for _, r in entries):
         row["best_steps"] = [r.get("best_step") for _, r in entries]
+    reports = [r["hallucination"] for _, r in entries if r.get("hallucination")]
+    if reports:
+        from rdiff_bench.hallucination import summarise as summarise_reports
+
+        row["hallucination"] = summarise_reports(reports)
     return row
 
 
@@ -717,6 +754,10 @@ def results_markdown(report: dict[str, Any]) -> str:
     first = ("psnr", "ssim")  # then the modality's own metrics, in its order
     names = sorted(rows[0]["metrics"], key=lambda k: first.index(k) if k in first else len(first)) if rows else []
     counts = s["split_counts"]
+    from rdiff_bench import hallucination
+
+    reported = any(r.get("hallucination") for r in rows)  # the two columns of the hallucination report
+    headers = hallucination.HEADERS if reported else []
     budget = []
     for backbone, info in s["runs"].items():
         train = info["config"]["train"]
@@ -736,12 +777,13 @@ def results_markdown(report: dict[str, Any]) -> str:
         + "; ".join(budget) + ".", "",
         "Adapted, scratch and (with simulated pairs) colour-regression rows: mean ± sample std over the seeds; "
         "the other rows train nothing on the pairs (phase 1 is one run) and show one value.", "",
-        "| backbone | method | " + " | ".join(names) + " | seeds |",
-        "|---|---|" + "---|" * len(names) + "---|"]
+        "| backbone | method | " + " | ".join(names + headers) + " | seeds |",
+        "|---|---|" + "---|" * len(names + headers) + "---|"]
     for r in rows:
         spread = len(r["seeds"]) > 1
         lines.append(f"| {r['backbone'] or ''} | {_label(r)} | "
-                     + " | ".join(_cell(r["metrics"].get(n), spread, _digits(n)) for n in names)
+                     + " | ".join([_cell(r["metrics"].get(n), spread, _digits(n)) for n in names]
+                                  + (hallucination.cells(r.get("hallucination")) if headers else []))
                      + f" | {len(r['seeds']) or ''} |")
     lines.append("")
     typed = [r for r in rows if r.get("by_type") and r["path"] in (None, "fast")
@@ -767,6 +809,7 @@ def results_markdown(report: dict[str, Any]) -> str:
         "- `reconstruct-only`: the phase-1 model, fast path, no adaptor. `adapted <path>`: with the adaptor.",
         "- `ceiling D(E(hq))`: the *clean* test images through the phase-1 model (what phase 1 can give back). "
         "`bicubic round trip`: clean test images down by the latent's factor (antialiased bicubic) and back up.",
+        *([hallucination.note(s.get("uncertainty_samples", 4))] if reported else []),
         *report.get("notes", []), ""]
     return "\n".join(lines)
 
