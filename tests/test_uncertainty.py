@@ -128,17 +128,14 @@ def test_a_backbone_without_a_stochastic_path_is_refused():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A tiny adapted ldm-unet run, calibrated by the plugin at the end of phase 2 (on few crops, to be quick)."""
-    from rdiff_uncertainty import assess
-
+    """A tiny adapted ldm-unet run, calibrated by the plugin at the end of phase 2 on as many crops as the run
+    evaluates (eval.crops, 12 here, to be quick)."""
     out = tmp_path_factory.mktemp("uncertainty") / "run"
     config = {"backbone": "ldm-unet", "modality": "fundus", "preset": "tiny",
               "train": {"image_size": 32, "resize": 96, "steps": {"autoencoder": 2, "denoiser": 2}, "adapt_steps": 2,
                         "pairs": 2, "val_pairs": 1, "batch_size": 2, "adapt_image_size": 32, "val_every": 1},
-              "eval": {"crops": 2}}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(assess, "DEFAULT_PAIRS", 12)
-        report = rdiff.train(config, str(out))
+              "eval": {"crops": 12}}
+    report = rdiff.train(config, str(out))
     assert report["calibration"]["pairs"] == 12 and (out / "adapt" / "calibration.json").is_file()
     return out
 

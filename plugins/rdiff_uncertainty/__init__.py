@@ -93,8 +93,10 @@ def rdiff_run_finished(run_dir, report):
     from rdiff_uncertainty import assess
 
     try:
-        fitted = assess.calibrate(Run.load(run_dir), alpha=settings.get("alpha") or assess.DEFAULT_ALPHA,
-                                  delta=settings.get("delta"), pairs=assess.DEFAULT_PAIRS)
+        run = Run.load(run_dir)
+        # as many crops as the run's own evaluation scores (eval.crops): a smoke run stays a smoke run
+        fitted = assess.calibrate(run, alpha=settings.get("alpha") or assess.DEFAULT_ALPHA,
+                                  delta=settings.get("delta"), pairs=min(assess.DEFAULT_PAIRS, run.config.eval.crops))
     except UserError as exc:
         warnings.warn(f"uncertainty calibration skipped: {exc}", stacklevel=2)
         return
