@@ -127,6 +127,15 @@ def test_help_and_plugins_import_no_torch():
     assert result.stdout.strip().endswith("NO-TORCH"), result.stdout + result.stderr
 
 
+def test_a_reader_that_stops_early_is_not_an_error():
+    """`rdiff plugins | grep -q name` under `set -o pipefail`: grep leaving early must not fail the pipeline."""
+    process = subprocess.Popen([sys.executable, "-m", "rdiff", "plugins"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line is written
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and not err.strip(), err
+
+
 def test_hooks_are_called_with_keywords_and_observers_fire(toy, tmp_path, monkeypatch):
     """An observer plugin sees steps, checkpoints and the finished report."""
     from rdiff import hookimpl, plugins

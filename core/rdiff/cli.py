@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from contextlib import suppress
@@ -355,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         command = args.command
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a reader that stopped early (`| grep -q`, `| head`) is met here, inside the handler below
+        return code
+    except BrokenPipeError:  # the reader had what it wanted: not an error, and nothing left to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush stays quiet
+        return 0
     except UserError as exc:
         for line in str(exc).splitlines() or [""]:  # several problems: one sentence per line
             print(f"rdiff: error: {line}", file=sys.stderr)
