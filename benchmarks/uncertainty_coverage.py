@@ -6,8 +6,9 @@
 The held-out protocol of ``benchmarks/unseen_degradation.py`` (its evaluation-only simulators, the shipped
 checkpoint's own split): for each seed, the phase 1 (``--phase1``, default the shipped one) is adapted on
 the first ``--pairs`` adaptation files, calibrated at each ``--alphas`` level on its validation data
-(``rdiff calibrate``'s default; or on ``--calibration-files`` further files of the split's ``pairs`` part
-degraded the same way, whole, with ``--calibrate-on files``), and scored on every ``test`` file: empirical
+(``rdiff calibrate``'s default; or on ``--calibration-files`` further files of the split's ``pairs`` part, or
+of its ``train`` part with ``--calibration-part train``, degraded the same way, whole, with
+``--calibrate-on files``), and scored on every ``test`` file: empirical
 coverage, the hallucination report, and whether coverage is within ``--tolerance`` of 1 − α. Everything is
 written to ``--out/coverage.json`` and printed as a table; exit 1 when a cell misses its target.
 
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate-on", choices=["validation", "files"], default="validation")
     parser.add_argument("--calibration-crops", type=int, default=64, help="crops of the validation data (default 64)")
     parser.add_argument("--calibration-files", type=int, default=20, help="with --calibrate-on files (default 20)")
+    parser.add_argument("--calibration-part", choices=["pairs", "train"], default="pairs",
+                        help="split part the calibration files come from: what is left of 'pairs' after the "
+                             "adaptation files (default), or 'train', the phase-1 images (seen clean and degraded "
+                             "by rdiff's own simulator in phase 1, never with this one; for a split whose pairs "
+                             "part is too small to calibrate on)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="allowed |coverage - (1 - alpha)| (default 0.02)")
     parser.add_argument("--set", action="append", default=[], help="configuration key for the adaptation (repeatable)")
     parser.add_argument("--out", required=True)
@@ -63,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     import rdiff
     from rdiff.cli import main as rdiff_main
     from rdiff.data import load_pair_folder
-    from rdiff_uncertainty.assess import assess, calibrate
+    from rdiff_uncertainty import calibration as cal
+    from rdiff_uncertainty.assess import calibrate
     from rdiff_uncertainty.sampling import sampling_path
 
     modality = rdiff.create_modality(args.modality)
@@ -73,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     split = split_of(phase1, modality, data)
     resize = int(rdiff.load_run(str(phase1)).config.train.resize)
     folders = {"pairs": (split["pairs"][:args.pairs], 1), "test": (split["test"], 2),
-               "calibration": (split["pairs"][args.pairs:args.pairs + args.calibration_files], 3)}
+               "calibration": ((split["pairs"][args.pairs:] if args.calibration_part == "pairs" else split["train"])
+                               [:args.calibration_files], 3)}
     for name, (files, seed) in folders.items():
         if (name != "calibration" or args.calibrate_on == "files") and not (out / name / "params.json").is_file():
             if not files:
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             write_pairs(modality, [data / f for f in files], out / name, SIMULATORS[args.modality], seed, resize)
 
     cells = []
+    alphas = [float(a) for a in args.alphas.split(",")]
     for seed in range(args.seeds):
         run_dir = out / "runs" / f"seed{seed}"
         if not (run_dir / "report.json").is_file():
@@ -91,12 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         run = rdiff.load_run(str(run_dir))
         path, options = sampling_path(run.backbone, None, run.resolve_path)
         test = load_pair_folder(modality, str(out / "test"), resize=None)
-        held = load_pair_folder(modality, str(out / "calibration"), resize=None) if args.calibrate_on == "files" else None
-        for alpha in (float(a) for a in args.alphas.split(",")):
-            fitted = calibrate(run, alpha=alpha, delta=args.delta, samples=args.samples, pairs=args.calibration_crops,
-                               seed=seed, held=held)
-            result = assess(run.backbone, run.modality, test, fitted, path=path, options=options, samples=args.samples,
-                            seed=seed, tile=run.tile, overlap=run.overlap)
+        if args.calibrate_on == "files":  # whole files: the samples of each image serve every alpha
+            held = load_pair_folder(modality, str(out / "calibration"), resize=None)
+            calibration_scores = [cal.scores(u.mean, u.spread, pair.hq, pair.roi) for pair, u in
+                                  zip(held, uncertainties(run, held, path, options, args.samples, seed))]
+        tested = list(zip(test, uncertainties(run, test, path, options, args.samples, seed)))
+        for alpha in alphas:
+            if args.calibrate_on == "files":
+                scale = cal.fit_scale(calibration_scores, alpha, args.delta)
+                fitted = cal.Calibration(scale=round(scale, 6), alpha=alpha, delta=args.delta, samples=args.samples,
+                                         path=path, options=cal._options_dict(options), pairs=len(held),
+                                         calibration_coverage=round(1 - cal.mean_risk(calibration_scores, scale), 5))
+            else:
+                fitted = calibrate(run, alpha=alpha, delta=args.delta, samples=args.samples,
+                                   pairs=args.calibration_crops, seed=seed)
+            result = score(run.modality, tested, fitted)
             cells.append({"seed": seed, "alpha": alpha, "scale": fitted.scale, "calibration_pairs": fitted.pairs,
                           **{k: v for k, v in result.items() if k != "per_image"}, "per_image": result["per_image"]})
             print(f"seed {seed}  alpha {alpha}: coverage {100 * result['coverage']:.2f} % (target "
@@ -116,6 +134,30 @@ def main(argv: list[str] | None = None) -> int:
     (out / "coverage.json").write_text(json.dumps({"settings": vars(args), "summary": summary, "cells": cells},
                                                   indent=1, default=float))
     return 1 if missed else 0
+
+
+def uncertainties(run, pairs: list, path: str, options, samples: int, seed: int):
+    """The K-sample mean and spread of each pair's degraded image, as ``rdiff enhance --uncertainty`` makes them."""
+    from rdiff_uncertainty.sampling import sample_uncertainty
+
+    return [sample_uncertainty(run.backbone, run.modality, pair.lq, roi=pair.roi, path=path, options=options,
+                               samples=samples, seed=seed, tile=run.tile, overlap=run.overlap) for pair in pairs]
+
+
+def score(modality, tested: list, fitted) -> dict:
+    """Coverage at ``fitted``'s scale and the hallucination report on the test pairs (``rdiff evaluate
+    --uncertainty``'s numbers, from samples drawn once for every alpha)."""
+    from rdiff_uncertainty import calibration as cal
+    from rdiff_uncertainty import hallucination
+
+    per_image = []
+    for pair, u in tested:
+        entry = {"image": pair.source, "coverage": round(1 - cal.risk(cal.scores(u.mean, u.spread, pair.hq, pair.roi),
+                                                                       fitted.scale), 5)}
+        entry.update(hallucination.report(modality, u.mean, pair.hq, pair.roi, fitted.half_width(u.spread)))
+        per_image.append(entry)
+    numbers = [{k: v for k, v in e.items() if k != "image"} for e in per_image]
+    return {"images": len(tested), **hallucination.summarise(numbers), "per_image": per_image}
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from rdiff.report import format_eval_table
 
 # A short schedule that still shows both phases at work (the tiny preset trains ~10x longer).
 QUICK = {
-    "train": {"steps": {"autoencoder": 40, "denoiser": 20}, "batch_size": 8, "adapt_steps": 20, "pairs": 8,
+    "train": {"steps": {"autoencoder": 40, "corrector": 20, "denoiser": 20}, "batch_size": 8, "adapt_steps": 20, "pairs": 8,
               "val_pairs": 4, "val_every": 10, "log_every": 10},
     "eval": {"crops": 8},
 }

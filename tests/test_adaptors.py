@@ -369,7 +369,7 @@ def test_the_colour_fields_whole_image_statistics_ignore_the_black_background():
     on a larger black canvas (or with wider black corners) gets the same numbers."""
     import torch.nn.functional as F
 
-    from rdiff_adaptors.colour_field import BACKGROUND, cell_statistics, whole_statistics
+    from rdiff_layers.colour_field import BACKGROUND, cell_statistics, whole_statistics
 
     torch.manual_seed(0)
     image = torch.rand(1, 3, 96, 128) * 0.8 + 0.1

@@ -132,7 +132,7 @@ def run_dir(tmp_path_factory):
     evaluates (eval.crops, 12 here, to be quick)."""
     out = tmp_path_factory.mktemp("uncertainty") / "run"
     config = {"backbone": "ldm-unet", "modality": "fundus", "preset": "tiny",
-              "train": {"image_size": 32, "resize": 96, "steps": {"autoencoder": 2, "denoiser": 2}, "adapt_steps": 2,
+              "train": {"image_size": 32, "resize": 96, "steps": {"autoencoder": 2, "corrector": 2, "denoiser": 2}, "adapt_steps": 2,
                         "pairs": 2, "val_pairs": 1, "batch_size": 2, "adapt_image_size": 32, "val_every": 1},
               "eval": {"crops": 12}}
     report = rdiff.train(config, str(out))
@@ -182,6 +182,26 @@ def test_evaluate_reports_coverage_and_calibrate_refits(run_dir, capsys):
     assert fitted.alpha == 0.2 and fitted.samples == 2 and fitted.pairs == 10
 
 
+def test_calibrate_on_a_folder_of_whole_pairs(run_dir, tmp_path, capsys):
+    """``rdiff calibrate --folder``: whole held-out pairs, as many as the folder holds; too few for alpha is
+    one sentence before any sampling."""
+    from PIL import Image
+
+    for part in ("lq", "hq"):
+        (tmp_path / "held" / part).mkdir(parents=True)
+    for i in range(4):
+        clean = np.ascontiguousarray(np.rot90(photograph(48), i))
+        for part, image in (("hq", clean), ("lq", np.clip(clean * 0.8 + 0.05, 0, 1))):
+            Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "held" / part / f"p{i}.png")
+    assert main(["calibrate", "--run", str(run_dir), "--alpha", "0.1", "--samples", "2",
+                 "--folder", str(tmp_path / "held")]) == 2
+    assert "4 calibration image(s) cannot attain a risk of 0.1" in capsys.readouterr().err
+    assert main(["calibrate", "--run", str(run_dir), "--alpha", "0.3", "--samples", "2",
+                 "--folder", str(tmp_path / "held")]) == 0
+    assert "coverage on the calibration pairs" in capsys.readouterr().out
+    assert cal.Calibration.load(run_dir).pairs == 4
+
+
 def test_the_coverage_benchmark_runs_end_to_end_on_a_tiny_run(run_dir, tmp_path):
     """benchmarks/uncertainty_coverage.py, the measurement docs/uncertainty.md describes, on an untrained run: it
     must run and write its figures (the coverage of an untrained model is not the point here)."""
@@ -207,3 +227,11 @@ def test_the_coverage_benchmark_runs_end_to_end_on_a_tiny_run(run_dir, tmp_path)
     written = json.loads((tmp_path / "bench" / "coverage.json").read_text())
     assert code in (0, 1) and [s["alpha"] for s in written["summary"]] == [0.1, 0.2]
     assert all(0 <= c["coverage"] <= 1 and c["images"] > 0 for c in written["cells"])
+    # whole calibration files from the phase-1 part of the split, sampled once for both alphas (same adapted run)
+    code = uncertainty_coverage.main(["--modality", "fundus", "--data", str(folder), "--phase1", str(run_dir),
+                                      "--pairs", "2", "--seeds", "1", "--samples", "2", "--calibrate-on", "files",
+                                      "--calibration-part", "train", "--calibration-files", "9",
+                                      "--out", str(tmp_path / "bench")])
+    written = json.loads((tmp_path / "bench" / "coverage.json").read_text())
+    assert code in (0, 1) and [c["calibration_pairs"] for c in written["cells"]] == [9, 9]
+    assert written["cells"][0]["scale"] > written["cells"][1]["scale"]  # alpha 0.1 needs wider intervals than 0.2

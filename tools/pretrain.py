@@ -11,7 +11,8 @@ stopped; the training itself resumes from its last checkpoint):
    never seen by phase 1, so the benchmark and the demo score the shipped weights on images they never saw.
 2. **train** ``rdiff reconstruct`` on ``OUT/train/`` (progress bars with ETA; ``--resume`` after a kill).
    ``--keep STAGE`` starts from the shipped checkpoint's network of that stage instead of training it
-   again (e.g. ``--keep autoencoder`` retrains only the denoiser on the shipped autoencoder).
+   again (e.g. ``--keep autoencoder`` retrains only the denoiser on the shipped autoencoder); ``--warm STAGE``
+   starts that stage from the shipped network and trains it further (a changed loss, without starting over).
 3. **measure** the fidelity ceiling: every ``test`` image, whole, at the run's working scale, through the
    phase-1 model (``D(E(x))``), scored inside the region of interest with the modality's metrics, next to
    the bicubic round trip through an image of the latent's size.
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The training budget of the shipped checkpoints: about 30-40 minutes of one CPU core per checkpoint (the
 # tiny preset's detail term keeps improving the finest vessels well past the 1,900 steps it once had).
-STEPS = {"autoencoder": 4000, "denoiser": 6000}
+STEPS = {"autoencoder": 4000, "corrector": 1500, "denoiser": 6000}
 
 LICENCES = {
     "fundus": "IDRiD (Indian Diabetic Retinopathy Image Dataset; Porwal et al., Data 2018), CC BY 4.0",
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"steps per phase-1 stage (default {' '.join(f'{k}={v}' for k, v in STEPS.items())})")
     parser.add_argument("--keep", nargs="*", default=[], metavar="STAGE",
                         help="phase-1 stages whose shipped networks are kept (not trained again)")
+    parser.add_argument("--warm", nargs="*", default=[], metavar="STAGE",
+                        help="phase-1 stages that start from the shipped network and train further (needs --keep "
+                             "for the stages before them)")
+    parser.add_argument("--source", help="the checkpoint --keep and --warm start from (default: the shipped one)")
     parser.add_argument("--export", default="plugins", help="'plugins' (into the backbone's plugin), a folder, "
                                                             "or 'no'")
     args = parser.parse_args(argv)
@@ -64,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{args.preset}-{args.modality}"
     out = Path(args.out or f"runs/pretrain-{args.backbone}-{name}")
     out.mkdir(parents=True, exist_ok=True)
-    steps = dict(STEPS, **{k: int(v) for k, v in (item.split("=", 1) for item in args.steps)})
     modality = rdiff.create_modality(args.modality)
+    stages = rdiff.create_backbone(args.backbone, preset=args.preset, channels=modality.channels).stages
+    steps = {k: v for k, v in dict(STEPS, **{k: int(v) for k, v in (item.split("=", 1) for item in args.steps)}).items()
+             if k in stages}
 
     # 1. split
     split_file = out / "split.json"
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. train
     run_dir = out / "run"
-    shipped = ROOT / "plugins" / f"rdiff_{args.backbone.replace('-', '_')}" / "pretrained" / name
+    shipped = Path(args.source) if args.source else ROOT / "plugins" / f"rdiff_{args.backbone.replace('-', '_')}" / "pretrained" / name
     if args.keep and not (run_dir / "reconstruct" / "stages.json").is_file():
         keep_shipped_stages(args, modality.channels, shipped, run_dir / "reconstruct")
     command = ["rdiff", "reconstruct", "--backbone", args.backbone, "--modality", args.modality,
@@ -125,19 +132,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def keep_shipped_stages(args, channels: int, shipped: Path, reconstruct: Path) -> None:
-    """Seed ``reconstruct/`` with the shipped networks of the ``--keep`` stages, marked done, and freshly
-    initialised networks for the others (each stage trains the network of its name)."""
+    """Seed ``reconstruct/`` with the shipped networks of the ``--keep`` stages, marked done, the shipped
+    networks of the ``--warm`` stages (trained further) and freshly initialised networks for the others
+    (each stage trains the network of its name)."""
     import rdiff
 
+    from rdiff.checkpoints import save_network
+
     backbone = rdiff.create_backbone(args.backbone, preset=args.preset, channels=channels)
-    unknown = [stage for stage in args.keep if stage not in backbone.stages]
+    unknown = [stage for stage in [*args.keep, *args.warm] if stage not in backbone.stages]
     if unknown:
         raise SystemExit(f"--keep: '{unknown[0]}' is not a stage of {args.backbone} ({', '.join(backbone.stages)})")
     for network, module in backbone.networks().items():
-        if network in args.keep:
+        if network in args.keep or network in args.warm:
             shutil.copytree(shipped / "reconstruct" / network, reconstruct / network)
         else:
-            module.save_pretrained(reconstruct / network)
+            save_network(module, reconstruct / network)
     (reconstruct / "stages.json").write_text(json.dumps({"done": [s for s in backbone.stages if s in args.keep]}))
 
 
@@ -197,17 +207,20 @@ def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command)
         (target / "manifest.json").write_text(json.dumps({"files": files}, indent=1))
     size = sum(p.stat().st_size for p in target.rglob("*.safetensors"))
     shown = " ".join(["python", "tools/pretrain.py", "--backbone", args.backbone, "--modality", args.modality,
-                      "--preset", args.preset, "--data", "DIR", *(["--keep", *args.keep] if args.keep else [])])
+                      "--preset", args.preset, "--data", "DIR", *(["--keep", *args.keep] if args.keep else []),
+                      *(["--warm", *args.warm] if args.warm else [])])
     metrics = sorted(ceiling["phase1"])
-    kept = (f" (the {', '.join(args.keep)} kept from the previous release, trained as above; the time is the "
-            f"other stages')") if args.keep else ""
+    notes = [f"the {', '.join(args.keep)} kept from the previous release" if args.keep else "",
+             f"the {', '.join(args.warm)} started from the previous release's and trained these steps further"
+             if args.warm else ""]
+    kept = f" ({'; '.join(n for n in notes if n)}; the time is this run's)" if any(notes) else ""
     model = config["model"]
     denoiser = (f"prediction `{model.get('prediction')}`, pretext `{model.get('pretext')}` (phase 1 conditions on "
                 f"the modality's degraded copies), sampling from `sample_strength` {model.get('sample_strength')} of the schedule"
                 if model.get("prediction") == "residual" else f"prediction `{model.get('prediction')}`, pretext `{model.get('pretext')}`")
     table = "\n".join([f"| | {' | '.join(metrics)} |", "|---" * (len(metrics) + 1) + "|",
                        *[f"| {label} | {' | '.join(str(ceiling[key][m]) for m in metrics)} |"
-                         for key, label in (("phase1", "phase 1, D(E(x))"), ("bicubic", "bicubic round trip"))
+                         for key, label in (("phase1", "phase 1, as `rdiff enhance --path fast`"), ("bicubic", "bicubic round trip"))
                          if key in ceiling]])
     (target / "MODEL_CARD.md").write_text(f"""# {args.backbone} · {args.preset} · {args.modality}: pretrained phase 1
 

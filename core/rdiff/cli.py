@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="the backbone's enhancement path: fast (adapted autoencoder alone), sample "
                                   "(DDIM) or a name rdiff evaluate reports, e.g. ddim10 (default: the run's preset)")
     p.add_argument("--steps", type=number(int, 1), help="DDIM steps for --path sample")
-    p.add_argument("--eta", type=number(float), help="DDIM eta (default: the run's, 1.0)")
+    p.add_argument("--eta", type=number(float), help="DDIM eta (default: the run's; 0: deterministic given the seed)")
     p.add_argument("--seed", type=number(int), default=0, help="seed of the sampling noise (default 0)")
     p.add_argument("--tile", type=number(int, 1), help="tile side in pixels (default: the run's)")
     p.add_argument("--overlap", type=number(int), help="tile overlap in pixels")

@@ -223,10 +223,11 @@ class CleanCrops(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
         item = _pick(rng, self.items)
-        y, x = random_crop(rng, item.image, item.roi, self.size)
+        whole = self.size >= min(item.image.shape[:2])  # the whole image, on a canvas (see on_canvas)
+        y, x = (0, 0) if whole else random_crop(rng, item.image, item.roi, self.size)
         # the whole image is degraded, then cropped: sizes (blur, illumination) are fractions of the field
         images = [item.image, item.roi] + ([self.modality.degrade(item.image, item.roi, rng)[0]] if self.modality else [])
-        image, roi, *degraded = augment(rng, *(a[y:y + self.size, x:x + self.size] for a in images))
+        image, roi, *degraded = augment(rng, *(on_canvas(a, self.size)[y:y + self.size, x:x + self.size] for a in images))
         return {"clean": to_tensor(image), "roi": to_tensor(roi)} | ({"degraded": to_tensor(degraded[0])} if degraded else {})
 
 

@@ -97,7 +97,7 @@ class Engine:
             steps = train.steps[stage]
             length = steps * train.grad_accum * train.batch_size * world
             degraded = self.modality if self.backbone.needs_degraded(stage) else None
-            dataset = CleanCrops(items, train.image_size, length, stable_seed(cfg.seed, "reconstruct", stage), degraded)
+            dataset = CleanCrops(items, self.backbone.stage_image_size(stage, train), length, stable_seed(cfg.seed, "reconstruct", stage), degraded)
             self.fit(Fit(
                 phase="reconstruct", stage=stage, params=self.backbone.stage_parameters(stage), dataset=dataset,
                 steps=steps, lr=train.lr, batch_size=train.batch_size,

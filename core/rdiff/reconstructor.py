@@ -83,6 +83,11 @@ class Reconstructor(nn.Module, ABC):
         """Whether phase-1 ``stage`` wants degraded copies of its clean images (a degraded pretext)."""
         return False
 
+    def stage_image_size(self, stage: str, train: Any) -> int:
+        """Side of the phase-1 crops ``stage`` learns on (``train``: the run's train section); at least the
+        working scale (``train.resize``) gives whole images on a black canvas, for a network that looks across them."""
+        return train.image_size
+
     # --- phase 2 -------------------------------------------------------------------------------------------
     @abstractmethod
     def adaptation_targets(self) -> list[AdaptationTarget]:

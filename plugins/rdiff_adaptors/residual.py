@@ -22,11 +22,11 @@ from rdiff.plugins import declarations
 from rdiff.reconstructor import AdaptationTarget, Reconstructor
 
 from .base import DetachableAdaptor, check_keys, detached
-from .colour_field import ColourField
+from rdiff_layers.colour_field import ColourField
 
 # Where the paper put its adaptors: every res-block of the autoencoder's encoder (the adapted encoder E')
 # and the encoder-side and middle res-blocks of the denoiser; and, where a backbone offers one, the image
-# itself before its networks (group ``image``: a ColourField, see colour_field.py).
+# itself before its networks (group ``image``: a ColourField, see rdiff_layers/colour_field.py).
 PAPER_GROUPS = frozenset({"encoder", "denoiser_down", "denoiser_mid", "image"})
 
 

@@ -1,4 +1,5 @@
-"""Network layers that backbone and adaptor plugins share: normalisation without spatial statistics.
+"""Network layers that backbone and adaptor plugins share: normalisation without spatial statistics (here)
+and a smooth field of colour maps (:mod:`rdiff_layers.colour_field`).
 
 A library that ships with rdiff, not a plugin (no entry point) and not the runtime (the core never imports
 it): the built-in backbones build their networks with it, the residual adaptor its layers, and a third-party

@@ -38,6 +38,8 @@ class LatentConfig:
     beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"  # scaled_linear is what the CompVis code (and the paper) calls "linear"
     prediction: Literal["residual", "epsilon", "v_prediction"] = "residual"  # what the denoiser predicts: residual, the clean latent's difference from the condition (x0 = c + r, output layer zero-initialised, so an untrained denoiser returns the fast path); epsilon (the paper) or v
     pretext: Literal["self", "degraded"] = "degraded"  # denoiser condition in phase 1: E(degraded x), the modality's simulator, so phase 1 alone enhances; or E(x), the paper's self-reconstruction (its optimum is the identity)
+    corrector: bool = False  # phase 1 also trains a colour and illumination corrector (rdiff_layers.colour_field) on whole images of the modality's degraded copies, between the autoencoder and the denoiser; it corrects every input before the encoder, so phase 1 alone fixes illumination, casts and haze (a stage of its own: train.steps.corrector)
+    estimate_inputs: float = 0.5  # residual only: the share of each training batch whose noisy latent is the denoiser's own first-step estimate noised again, as every sampling step after the first sees it, instead of the clean latent noised (exposure bias): later steps learn to correct that estimate, not to copy it
     sample_strength: float = 0.3  # sampling starts from the condition noised to this fraction of the schedule (and a residual denoiser trains on that part only); 1: from pure noise, as the paper
     # --- autoencoder losses ---
     l1_weight: float = 1.0  # pixel L1 reconstruction loss
@@ -56,7 +58,7 @@ class LatentConfig:
     diffusion_loss_weight: float = 1.0  # adapted denoiser's diffusion loss, condition E'(lq), target E(hq)
     image_loss_weight: float = 10.0  # with image_skip: squared error inside the roi between the corrected lq (and hq) and hq, for an adaptor on the input image
     detail_loss_weight: float = 0.0  # phase 2, fast path: the decoded adapted crop must carry the clean crop's fine detail, at its local amplitude and aligned with it (autoencoder.detail_loss); 0: off, as in the paper
-    adapt_crop: int = 0  # phase 2: the encoder and denoiser adaptors learn on a random crop of this side cut from each (larger) adaptation crop, which the input-image adaptor sees whole; 0: the whole crop
+    adapt_crop: int = 0  # phase 2: the encoder and denoiser adaptors learn on a random crop of this side cut from each (larger) adaptation crop, which the input-image adaptor sees whole; with a corrector, phase 1's denoiser stage too (its images are corrected whole, then cropped); 0: the whole crop
 
 
 @dataclass

@@ -37,17 +37,19 @@ from rdiff_ldm_unet.autoencoder import (AutoencoderLoss, build_autoencoder, deco
                                         encoder_adaptation_targets, encoder_lora_targets, image_adaptation_targets,
                                         latent_std)
 from rdiff_ldm_unet.config import LatentConfig
+from rdiff_layers.colour_field import ColourField
 
 
 @dataclass(frozen=True)
 class DDIMOptions:
-    """The options of the ``sample`` path: DDIM ``steps`` and ``eta`` (1.0 in the paper's code).
+    """The options of the ``sample`` path: DDIM ``steps`` and ``eta`` (0: deterministic given the start noise;
+    1.0 in the paper's code).
 
     Built by :meth:`LatentDiffusion.resolve_path` from a path name (``ddim20``: 20 steps) and the settings
     ``steps`` (``rdiff enhance --steps``), ``eta`` (``--eta``, ``eval.eta``) and ``sample_steps``."""
 
     steps: int = 4
-    eta: float = 1.0
+    eta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -64,8 +66,13 @@ class LatentDiffusion(Reconstructor):
     def __init__(self, config: LatentConfig, channels: int):
         if not 0 < config.sample_strength <= 1:
             raise UserError(f"config key 'model.sample_strength' must be in (0, 1], not {config.sample_strength}.")
+        if not 0 <= config.estimate_inputs <= 1:
+            raise UserError(f"config key 'model.estimate_inputs' must be in [0, 1], not {config.estimate_inputs}.")
         super().__init__(config, channels)
         self.autoencoder = build_autoencoder(config, channels)
+        # corrects colour and illumination of every input before the encoder; zero-initialised, the identity
+        self.corrector = ColourField(channels) if config.corrector else None
+        self.stages = ("autoencoder", "corrector", "denoiser") if config.corrector else type(self).stages
         self.denoiser = self.build_denoiser()
         self.autoencoder_loss = AutoencoderLoss(config, channels)
         # a residual denoiser's output plus the condition is the clean sample (diffusers' "sample" prediction)
@@ -117,9 +124,11 @@ class LatentDiffusion(Reconstructor):
         return self.encode_corrected(self.correct(images))
 
     def correct(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] through the input-image target (``autoencoder.image_in``): unchanged in phase 1,
-        corrected by an adaptor there in phase 2. Its layer looks across the image, so it runs on whole
-        images, before any tiling."""
+        """Images in [0, 1] through the phase-1 corrector (``model.corrector``), then the input-image target
+        (``autoencoder.image_in``): unchanged in phase 1, corrected by an adaptor there in phase 2. Both look
+        across the image, so they run on whole images, before any tiling."""
+        if self.corrector is not None:
+            images = images + self.corrector(images)
         image_in = getattr(self.autoencoder, "image_in", None)
         return image_in(images) if image_in is not None else images
 
@@ -147,6 +156,8 @@ class LatentDiffusion(Reconstructor):
             return [*self.autoencoder.parameters(), *self.autoencoder_loss.parameters()]
         if stage == "denoiser":
             return list(self.denoiser.parameters())
+        if stage == "corrector" and self.corrector is not None:
+            return list(self.corrector.parameters())
         raise self._unknown_stage(stage)
 
     def _unknown_stage(self, stage: str) -> UserError:
@@ -154,17 +165,36 @@ class LatentDiffusion(Reconstructor):
                          f"{', '.join(self.stages)}.")
 
     def needs_degraded(self, stage: str) -> bool:
-        return stage == "denoiser" and self.config.pretext == "degraded"
+        return stage == "corrector" or (stage == "denoiser" and self.config.pretext == "degraded")
+
+    def stage_image_size(self, stage: str, train: Any) -> int:
+        """With a corrector, its stage and the denoiser's see whole images at the working scale: the corrector
+        reads the whole image's statistics, so the denoiser's condition is corrected whole (as enhancement
+        corrects it), then cut to an ``adapt_crop`` crop."""
+        if self.corrector is None or stage == "autoencoder":
+            return train.image_size
+        return train.resize or train.image_size
 
     def reconstruction_loss(self, stage: str, clean: torch.Tensor, roi: torch.Tensor,
                             degraded: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """``autoencoder``: L1 + SSIM + codebook/KL (+ LPIPS, GAN); ``denoiser``: the diffusion loss with
-        the autoencoder frozen. The whole crop counts (as in the paper), so ``roi`` is not used."""
+        """``autoencoder``: L1 + SSIM + codebook/KL (+ LPIPS, GAN); ``corrector``: squared error inside ``roi``
+        of the corrected degraded image, and of the corrected clean one, against the clean image (the
+        phase-2 image loss, here before any pair); ``denoiser``: the diffusion loss with the autoencoder
+        (and corrector) frozen. The whole crop counts there (as in the paper)."""
         if stage == "autoencoder":
             return self.autoencoder_loss(self.autoencoder, clean)
+        if stage == "corrector" and self.corrector is not None:
+            inside = roi.expand_as(clean)
+            error = (self.correct(degraded) - clean) ** 2 + (self.correct(clean) - clean) ** 2
+            loss = (error * inside).sum() / inside.sum().clamp_min(1.0)
+            return loss, {"corrector": float(loss.detach())}
         if stage != "denoiser":
             raise self._unknown_stage(stage)
-        with torch.no_grad():  # the autoencoder is frozen in this stage
+        with torch.no_grad():  # the autoencoder (and the corrector) are frozen in this stage
+            if self.corrector is not None:  # whole images: the degraded one corrected whole, then both cropped
+                clean, *rest = _random_crops(self.config.adapt_crop, clean,
+                                             *([self.correct(degraded)] if degraded is not None else []))
+                degraded = rest[0] if rest else None
             raw = encode_raw(self.autoencoder, clean * 2 - 1)
             if float(self.latent_scale) <= 0:
                 self.measure_latent_scale(raw)
@@ -172,7 +202,7 @@ class LatentDiffusion(Reconstructor):
             if self.config.pretext == "degraded":
                 if degraded is None:
                     raise ValueError("the 'degraded' pretext needs degraded images (see needs_degraded)")
-                condition = self.encode(degraded)
+                condition = self.encode_corrected(degraded) if self.corrector is not None else self.encode(degraded)
             else:
                 condition = target
         loss = self.diffusion_loss(target, condition)
@@ -185,19 +215,41 @@ class LatentDiffusion(Reconstructor):
     def diffusion_loss(self, target: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """L2 between the denoiser's prediction and its goal at a random timestep: the clean latent's
         difference from the condition (residual; timesteps up to where sampling starts), the noise or the
-        velocity. An ε error is amplified √((1−ᾱ)/ᾱ)-fold in x̂₀ (39× at t = 999), an x₀ error is not."""
+        velocity. An ε error is amplified √((1−ᾱ)/ᾱ)-fold in x̂₀ (39× at t = 999), an x₀ error is not.
+
+        A residual denoiser sees, at every sampling step after the first, not the clean latent noised but
+        its own previous estimate noised; trained on the clean latent only, it trusts that input at low t and
+        copies the estimate's errors with fresh noise into the image (a mottle, streaks), so several steps
+        scored below one. ``estimate_inputs`` of each batch is therefore noised from the denoiser's own
+        (detached) first-step estimate, made exactly as sampling makes it, with the clean latent as the goal:
+        a later step learns to correct the estimate (Ning et al. 2023 perturb the input with noise for the
+        same exposure bias; here the perturbation is the model's own error)."""
         noise = torch.randn_like(target)
-        high = self.last_timestep() if self.config.prediction == "residual" else self.scheduler.config.num_train_timesteps
+        residual = self.config.prediction == "residual"
+        high = self.last_timestep() if residual else self.scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, high, (target.shape[0],), device=target.device)
-        noisy = self.scheduler.add_noise(target, noise, timesteps)
+        start = target
+        if residual and self.config.estimate_inputs > 0:
+            estimated = torch.rand(target.shape[0], device=target.device) < self.config.estimate_inputs
+            if estimated.any():
+                start = target.clone()
+                start[estimated] = self.first_estimate(condition[estimated]).to(target.dtype)
+        noisy = self.scheduler.add_noise(start, noise, timesteps)
         prediction = self.predict(torch.cat([noisy, condition], dim=1), timesteps)
-        if self.config.prediction == "residual":
+        if residual:
             goal = target - condition
         elif self.config.prediction == "epsilon":
             goal = noise
         else:
             goal = self.scheduler.get_velocity(target, noise, timesteps)
         return F.mse_loss(prediction.float(), goal.float())
+
+    @torch.no_grad()
+    def first_estimate(self, condition: torch.Tensor) -> torch.Tensor:
+        """The first sampling step's ``x̂₀``: the condition noised to the first timestep, then denoised."""
+        first = torch.full((condition.shape[0],), self.last_timestep() - 1, device=condition.device)
+        noisy = self.scheduler.add_noise(condition, torch.randn_like(condition), first)
+        return condition + self.predict(torch.cat([noisy, condition], dim=1), first)
 
     # --- phase 2 ---------------------------------------------------------------------------------------------
     def adaptation_targets(self) -> list[AdaptationTarget]:
@@ -332,7 +384,7 @@ class LatentDiffusion(Reconstructor):
         scheduler.timesteps = scheduler.timesteps[-steps:]
         return scheduler
 
-    def sample(self, condition: torch.Tensor, *, steps: int, eta: float = 1.0,
+    def sample(self, condition: torch.Tensor, *, steps: int, eta: float = 0.0,
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                tile: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Scaled latents sampled by DDIM given the condition latents: from the condition noised to the first
@@ -378,6 +430,8 @@ class LatentDiffusion(Reconstructor):
     # --- weights ---------------------------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         nets: dict[str, nn.Module] = {"autoencoder": self.autoencoder, "denoiser": self.denoiser}
+        if self.corrector is not None:
+            nets["corrector"] = self.corrector
         if self.autoencoder_loss.discriminator is not None:
             nets["discriminator"] = self.autoencoder_loss.discriminator
         return nets

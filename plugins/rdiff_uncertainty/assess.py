@@ -46,10 +46,12 @@ def calibrate(run: Any, *, alpha: float = DEFAULT_ALPHA, delta: float | None = N
         raise UserError(f"run '{run.directory}' has no phase 2 to calibrate; adapt it first (rdiff adapt --from RUN).")
     chosen_path, options = sampling_path(run.backbone, path, run.resolve_path, **settings)
     check_request(run.backbone, chosen_path, samples)
-    if held is None and delta is None and pairs < math.ceil(1 / alpha - 1):  # said before any sampling
-        raise UserError(f"{pairs} calibration image(s) cannot attain a risk of {alpha} (conformal risk control "
-                        f"needs at least {math.ceil(1 / alpha - 1)}); give more calibration pairs (rdiff calibrate "
-                        f"--pairs N).")
+    count = pairs if held is None else len(held)
+    if delta is None and count < math.ceil(1 / alpha - 1):  # said before any sampling
+        raise UserError(f"{count} calibration image(s) cannot attain a risk of {alpha} (conformal risk control "
+                        f"needs at least {math.ceil(1 / alpha - 1)}); give more calibration pairs ("
+                        + ("rdiff calibrate --pairs N)." if held is None else "more files in the --folder).")
+                        )
     held = calibration_pairs(run.modality, run.config, pairs) if held is None else held
     per_image = []
     for pair in held:

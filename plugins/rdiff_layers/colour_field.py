@@ -1,4 +1,6 @@
-"""The adaptor layer for an ``image`` target: a smooth field of colour maps that corrects illumination.
+"""A smooth field of colour maps that corrects illumination: the residual adaptor's layer for an ``image``
+target, and the latent backbones' phase-1 corrector (``model.corrector``), which learns the same map from
+the modality's degraded copies of unpaired images before any pair is seen.
 
 Uneven illumination, colour casts, haze and washed-out contrast change an image slowly across it, and they
 are what separates most degraded photographs from their clean versions in PSNR. A residual layer inside
