@@ -3,9 +3,9 @@
 Every installed backbone is built from its ``tiny`` preset with random weights (latency does not depend on
 training) and enhances a synthetic fundus-like photograph: a textured disc on black, so tiles outside the
 field of view are skipped as they are in a real photograph. Paths: ``fast`` and, for backbones that
-sample, DDIM with each of ``--steps``. Each measurement runs in a fresh process, after a warm-up call, so
-the peak resident memory it reports (``ru_maxrss``: imports, weights, the image and every buffer of the
-tiled enhancement) is its own.
+sample, DDIM with each of ``--steps``. Each measurement runs in a fresh process, after a warm-up call, and
+shows the median of ``--repeats`` calls; the peak resident memory it reports (``ru_maxrss``: imports,
+weights, the image and every buffer of the tiled enhancement) is its own process's.
 
     python benchmarks/enhance_latency.py
     python benchmarks/enhance_latency.py --backbones ldm-unet --sizes 512 --steps 4 --batch 4
@@ -78,11 +78,14 @@ def measure(job: dict) -> dict:
     backbone.enhance = counting
     warm = synthetic_photograph(backbone.size_multiple * 2)
     enhance_image(backbone, modality, warm, **{**options, "tile": max(job["tile"], len(warm))})
-    tiles = 0
     image = synthetic_photograph(job["size"])
-    began = time.perf_counter()
-    enhance_image(backbone, modality, image, **options)
-    seconds = time.perf_counter() - began
+    times = []
+    for _ in range(job.get("repeats", 1)):  # the median of several calls: one call varies by ±15 % on a shared CPU
+        tiles = 0
+        began = time.perf_counter()
+        enhance_image(backbone, modality, image, **options)
+        times.append(time.perf_counter() - began)
+    seconds = sorted(times)[len(times) // 2]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
     return {**job, "seconds": seconds, "tiles": tiles, "peak_mib": peak / 2 ** 20,
             "parameters": sum(p.numel() for p in backbone.parameters())}
@@ -106,7 +109,7 @@ def jobs(args: argparse.Namespace) -> list[dict]:
             for path, steps in paths:
                 out.append({"backbone": name, "preset": args.preset, "size": size, "path": path, "steps": steps,
                             "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
-                            "threads": args.threads})
+                            "threads": args.threads, "repeats": args.repeats})
     return out
 
 
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement; the median is shown (default 3)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one measurement, as JSON, in a fresh process
     args = parser.parse_args()
 

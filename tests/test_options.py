@@ -55,7 +55,7 @@ BAD = {
     ("bench", "--test"): "{tmp}/missing", ("bench", "--reconstruct-from"): "{tmp}/missing",
     ("bench", "--run"): "{tmp}/missing", ("bench", "--out"): "{img}",
     ("new-plugin", "name"): "Not A Name!", ("new-plugin", "--out"): "{img}",
-    ("calibrate", "--run"): "{tmp}/missing", ("calibrate", "--path"): "bogus",
+    ("calibrate", "--run"): "{tmp}/missing", ("calibrate", "--path"): "bogus", ("calibrate", "--folder"): "{tmp}/missing",
 }
 #: options with a type of their own (not rdiff.cli.number): values argparse must refuse
 OWN_TYPES = {("bench", "--reconstruct-steps"): ("nan", "0", "x"), ("bench", "--adapt-steps"): ("inf", "-1", "x"),
