@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     import rdiff
     from rdiff.cli import main as rdiff_main
     from rdiff.data import load_pair_folder
-    from rdiff_uncertainty import calibration as cal
-    from rdiff_uncertainty.assess import calibrate
+    from rdiff_uncertainty import calibration
+    from rdiff_uncertainty.assess import calibrate, fit, score
     from rdiff_uncertainty.sampling import sampling_path
 
     modality = rdiff.create_modality(args.modality)
@@ -102,19 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         test = load_pair_folder(modality, str(out / "test"), resize=None)
         if args.calibrate_on == "files":  # whole files: the samples of each image serve every alpha
             held = load_pair_folder(modality, str(out / "calibration"), resize=None)
-            calibration_scores = [cal.scores(u.mean, u.spread, pair.hq, pair.roi) for pair, u in
+            calibration_scores = [calibration.scores(u.mean, u.spread, pair.hq, pair.roi) for pair, u in
                                   zip(held, uncertainties(run, held, path, options, args.samples, seed))]
         tested = list(zip(test, uncertainties(run, test, path, options, args.samples, seed)))
         for alpha in alphas:
             if args.calibrate_on == "files":
-                scale = cal.fit_scale(calibration_scores, alpha, args.delta)
-                fitted = cal.Calibration(scale=round(scale, 6), alpha=alpha, delta=args.delta, samples=args.samples,
-                                         path=path, options=cal._options_dict(options), pairs=len(held),
-                                         calibration_coverage=round(1 - cal.mean_risk(calibration_scores, scale), 5))
+                fitted = fit(calibration_scores, alpha=alpha, delta=args.delta, samples=args.samples, path=path,
+                             options=options)
             else:
                 fitted = calibrate(run, alpha=alpha, delta=args.delta, samples=args.samples,
                                    pairs=args.calibration_crops, seed=seed)
-            result = score(run.modality, tested, fitted)
+            result = score(run.modality, tested, fitted, samples=args.samples, path=path)
             cells.append({"seed": seed, "alpha": alpha, "scale": fitted.scale, "calibration_pairs": fitted.pairs,
                           **{k: v for k, v in result.items() if k != "per_image"}, "per_image": result["per_image"]})
             print(f"seed {seed}  alpha {alpha}: coverage {100 * result['coverage']:.2f} % (target "
@@ -142,22 +140,6 @@ def uncertainties(run, pairs: list, path: str, options, samples: int, seed: int)
 
     return [sample_uncertainty(run.backbone, run.modality, pair.lq, roi=pair.roi, path=path, options=options,
                                samples=samples, seed=seed, tile=run.tile, overlap=run.overlap) for pair in pairs]
-
-
-def score(modality, tested: list, fitted) -> dict:
-    """Coverage at ``fitted``'s scale and the hallucination report on the test pairs (``rdiff evaluate
-    --uncertainty``'s numbers, from samples drawn once for every alpha)."""
-    from rdiff_uncertainty import calibration as cal
-    from rdiff_uncertainty import hallucination
-
-    per_image = []
-    for pair, u in tested:
-        entry = {"image": pair.source, "coverage": round(1 - cal.risk(cal.scores(u.mean, u.spread, pair.hq, pair.roi),
-                                                                       fitted.scale), 5)}
-        entry.update(hallucination.report(modality, u.mean, pair.hq, pair.roi, fitted.half_width(u.spread)))
-        per_image.append(entry)
-    numbers = [{k: v for k, v in e.items() if k != "image"} for e in per_image]
-    return {"images": len(tested), **hallucination.summarise(numbers), "per_image": per_image}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ enhance --uncertainty`` computes a map: what is calibrated is what users see.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from rdiff.errors import UserError
@@ -58,22 +59,33 @@ def calibrate(run: Any, *, alpha: float = DEFAULT_ALPHA, delta: float | None = N
         u = sample_uncertainty(run.backbone, run.modality, pair.lq, roi=pair.roi, path=chosen_path, options=options,
                                samples=samples, seed=seed, tile=run.tile, overlap=run.overlap)
         per_image.append(cal.scores(u.mean, u.spread, pair.hq, pair.roi))
-    scale = cal.fit_scale(per_image, alpha, delta)
-    fitted = cal.Calibration(scale=round(scale, 6), alpha=alpha, delta=delta, samples=samples, path=chosen_path,
-                             options=cal._options_dict(options), pairs=len(held),
-                             calibration_coverage=round(1 - cal.mean_risk(per_image, scale), 5))
+    fitted = fit(per_image, alpha=alpha, delta=delta, samples=samples, path=chosen_path, options=options)
     fitted.save(run.directory)
     return fitted
+
+
+def fit(per_image: list, *, alpha: float, delta: float | None, samples: int, path: str, options: Any) -> cal.Calibration:
+    """The calibration of the sorted scores of each calibration image (:func:`calibration.scores`)."""
+    scale = cal.fit_scale(per_image, alpha, delta)
+    return cal.Calibration(scale=round(scale, 6), alpha=alpha, delta=delta, samples=samples, path=path,
+                           options=cal._options_dict(options), pairs=len(per_image),
+                           calibration_coverage=round(1 - cal.mean_risk(per_image, scale), 5))
 
 
 def assess(backbone: Any, modality: Any, pairs: list, calibration: cal.Calibration | None, *, path: str, options: Any,
            samples: int = DEFAULT_SAMPLES, seed: int = 0, **enhance_options: Any) -> dict[str, Any]:
     """Coverage of the calibrated intervals (when there is a calibration) and the hallucination report of
     the mean output, on held-out ``pairs``: means over images, and the per-image figures under ``images``."""
+    sampled = ((pair, sample_uncertainty(backbone, modality, pair.lq, roi=pair.roi, path=path, options=options,
+                                         samples=samples, seed=seed, **enhance_options)) for pair in pairs)
+    return score(modality, sampled, calibration, samples=samples, path=path)
+
+
+def score(modality: Any, sampled: Iterable[tuple[Any, Any]], calibration: cal.Calibration | None, *, samples: int,
+          path: str) -> dict[str, Any]:
+    """:func:`assess` on ``(pair, uncertainty)`` of pairs already sampled (consumed one at a time)."""
     per_image = []
-    for index, pair in enumerate(pairs):
-        u = sample_uncertainty(backbone, modality, pair.lq, roi=pair.roi, path=path, options=options,
-                               samples=samples, seed=seed, **enhance_options)
+    for index, (pair, u) in enumerate(sampled):
         values = calibration.half_width(u.spread) if calibration else u.spread
         entry: dict[str, Any] = {"image": pair.source or str(index)}
         if calibration is not None:
@@ -82,7 +94,7 @@ def assess(backbone: Any, modality: Any, pairs: list, calibration: cal.Calibrati
         entry["mean_map"] = round(float(values[pair.roi].mean()) if pair.roi.any() else 0.0, 5)
         per_image.append(entry)
     numbers = [{k: v for k, v in e.items() if k != "image"} for e in per_image]
-    result: dict[str, Any] = {"samples": samples, "path": path, "images": len(pairs), **hallucination.summarise(numbers)}
+    result: dict[str, Any] = {"samples": samples, "path": path, "images": len(per_image), **hallucination.summarise(numbers)}
     if calibration is not None:
         result.update(target_coverage=round(1 - calibration.alpha, 4), alpha=calibration.alpha, delta=calibration.delta,
                       scale=calibration.scale)
