@@ -6,7 +6,8 @@ steps), and memory stays bounded for a 2048² photograph enhanced in tiles. Ever
 path is built from its ``tiny`` preset with random weights (time and memory do not depend on training) and
 enhances the synthetic fundus-like photograph of ``benchmarks/enhance_latency.py``, tiled as ``rdiff enhance``
 tiles (``--tile``). Each measurement runs in a fresh process after a warm-up call, so its peak resident
-memory (``ru_maxrss``: imports, weights, the image and every buffer) is its own.
+memory (``ru_maxrss``: imports, weights, the image and every buffer) is its own; its time is the median of
+``--repeats`` calls.
 
     python benchmarks/uncertainty_cost.py                         # 512² and 2048², ldm-unet and dit
     python benchmarks/uncertainty_cost.py --sizes 512 --backbones ldm-unet --threads 1
@@ -56,9 +57,12 @@ def measure(job: dict) -> dict:
     warm = synthetic_photograph(backbone.size_multiple * 2)
     run(warm, max(job["tile"], len(warm)))
     image = synthetic_photograph(job["size"])
-    began = time.perf_counter()
-    run(image, job["tile"])
-    seconds = time.perf_counter() - began
+    times = []
+    for _ in range(job.get("repeats", 1)):  # the median of several calls: one call varies by ±15 % on a shared CPU
+        began = time.perf_counter()
+        run(image, job["tile"])
+        times.append(time.perf_counter() - began)
+    seconds = sorted(times)[len(times) // 2]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
     return {**job, "seconds": seconds, "peak_mib": peak / 2 ** 20}
 
@@ -79,7 +83,8 @@ def jobs(args: argparse.Namespace) -> list[dict]:
         for size in args.sizes:
             for samples in (0, args.samples):
                 out.append({"backbone": name, "preset": args.preset, "size": size, "samples": samples,
-                            "steps": args.steps, "tile": args.tile, "overlap": args.overlap, "threads": args.threads})
+                            "steps": args.steps, "tile": args.tile, "overlap": args.overlap, "threads": args.threads,
+                            "repeats": args.repeats})
     return out
 
 
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=1024, help="tile side (default 1024, rdiff enhance's)")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default the backbone's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement; the median is shown (default 3)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one measurement, as JSON, in a fresh process
     args = parser.parse_args()
 
@@ -105,7 +111,7 @@ def main() -> None:
 
     import torch
 
-    print(f"ddim{args.steps}, tile {args.tile}, preset {args.preset}, random weights, "
+    print(f"ddim{args.steps}, tile {args.tile}, preset {args.preset}, random weights, median of {args.repeats}, "
           f"{args.threads or torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     header = (f"{'backbone':<10} {'size':>6} {'what':<22} {'seconds':>9} {'× one':>7} {'budget':>7} "
               f"{'peak MiB':>9} {'× one':>7}")

@@ -172,3 +172,24 @@ def test_adapting_shipped_weights_with_another_model_key_names_the_key(tmp_path,
     err = capsys.readouterr().err
     assert "pretrained 'ldm-unet.tiny-fundus' was trained with model.latent_channels=6, not 4" in err, err
     assert "state_dict" not in err and not out.exists()
+
+
+def test_rebuilding_keeps_shipped_stages_and_builds_the_others_with_the_keys_set(tmp_path):
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_tool", ROOT / "tools" / "pretrain.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    shipped = get_pretrained("ldm-unet.tiny-fundus").directory
+    args = argparse.Namespace(backbone="ldm-unet", preset="tiny", keep=["autoencoder", "corrector"], warm=[],
+                              set=["model.unet_channels=[32,32,64]", "train.lr=1e-4"])
+    assert tool.model_keys(args) == {"unet_channels": [32, 32, 64]}
+    reconstruct = tmp_path / "reconstruct"
+    tool.keep_shipped_stages(args, 3, shipped, reconstruct)
+    assert json.loads((reconstruct / "stages.json").read_text()) == {"done": ["autoencoder", "corrector"]}
+    for kept in ("autoencoder", "corrector"):  # the shipped networks, byte for byte
+        for file in (shipped / "reconstruct" / kept).iterdir():
+            assert (reconstruct / kept / file.name).read_bytes() == file.read_bytes()
+    denoiser = json.loads(next((reconstruct / "denoiser").glob("config.json")).read_text())
+    assert list(denoiser["block_out_channels"]) == [32, 32, 64]  # a fresh denoiser of the width asked for

@@ -80,6 +80,24 @@ def test_the_same_seed_gives_the_same_map_and_another_seed_another(sampler):
     assert (first.spread[~first.roi] == 0).all()
 
 
+def test_the_samples_share_one_encoding_and_equal_separate_enhancements(sampler, monkeypatch):
+    from rdiff.enhance import enhance_image
+
+    backbone, modality, path, options = sampler
+    image = photograph(64)
+    separate = [enhance_image(backbone, modality, image, path=path, options=options, seed=7 + k, tile=1024)
+                for k in range(3)]
+    calls = []
+    encode = backbone.encode_corrected
+    monkeypatch.setattr(backbone, "encode_corrected", lambda x: calls.append(1) or encode(x))
+    u = sample_uncertainty(backbone, modality, image, path=path, options=options, samples=3, seed=7, tile=1024)
+    assert len(calls) == 1  # corrected and encoded once, not once per sample
+    assert np.allclose(u.mean, np.mean(separate, axis=0), atol=1e-6)
+    assert np.allclose(u.spread, np.sqrt(np.var(separate, axis=0, ddof=1).mean(axis=2)) * u.roi, atol=1e-6)
+    enhance_image(backbone, modality, image, path=path, options=options, seed=7, tile=1024)
+    assert len(calls) == 2  # outside the map nothing is kept
+
+
 def _synthetic(rng: np.random.Generator, count: int, underestimate: float = 3.0) -> list[np.ndarray]:
     """Scores of images whose clean value is the mean plus Gaussian noise of a known per-pixel sigma, with a
     spread that underestimates sigma ``underestimate``-fold and a noise level that varies between images."""

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", nargs="*", default=[], metavar="STAGE",
                         help="phase-1 stages that start from the shipped network and train further (needs --keep "
                              "for the stages before them)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configuration key of the phase-1 run, as for rdiff reconstruct (repeatable), e.g. "
+                             "--set model.unet_channels=[32,32,64]")
     parser.add_argument("--source", help="the checkpoint --keep and --warm start from (default: the shipped one)")
     parser.add_argument("--export", default="plugins", help="'plugins' (into the backbone's plugin), a folder, "
                                                             "or 'no'")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/pretrain-{args.backbone}-{name}")
     out.mkdir(parents=True, exist_ok=True)
     modality = rdiff.create_modality(args.modality)
-    stages = rdiff.create_backbone(args.backbone, preset=args.preset, channels=modality.channels).stages
+    stages = rdiff.create_backbone(args.backbone, preset=args.preset, channels=modality.channels, **model_keys(args)).stages
     steps = {k: v for k, v in dict(STEPS, **{k: int(v) for k, v in (item.split("=", 1) for item in args.steps)}).items()
              if k in stages}
 
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         keep_shipped_stages(args, modality.channels, shipped, run_dir / "reconstruct")
     command = ["rdiff", "reconstruct", "--backbone", args.backbone, "--modality", args.modality,
                "--preset", args.preset, "--data", str(out / "train"), "--out", str(run_dir),
-               *[a for stage, n in steps.items() for a in ("--set", f"train.steps.{stage}={n}")]]
+               *[a for stage, n in steps.items() for a in ("--set", f"train.steps.{stage}={n}")],
+               *[a for item in args.set for a in ("--set", item)]]
     if (run_dir / "config.yaml").is_file():
         command.append("--resume")
     started = time.time()
@@ -131,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def model_keys(args) -> dict:
+    """The ``--set model.KEY=VALUE`` items as keyword arguments of :func:`rdiff.create_backbone`."""
+    import yaml
+
+    items = (item.split("=", 1) for item in args.set if "=" in item)
+    return {key[len("model."):]: yaml.safe_load(value) for key, value in items if key.startswith("model.")}
+
+
 def keep_shipped_stages(args, channels: int, shipped: Path, reconstruct: Path) -> None:
     """Seed ``reconstruct/`` with the shipped networks of the ``--keep`` stages, marked done, the shipped
     networks of the ``--warm`` stages (trained further) and freshly initialised networks for the others
@@ -139,7 +151,7 @@ def keep_shipped_stages(args, channels: int, shipped: Path, reconstruct: Path) -
 
     from rdiff.checkpoints import save_network
 
-    backbone = rdiff.create_backbone(args.backbone, preset=args.preset, channels=channels)
+    backbone = rdiff.create_backbone(args.backbone, preset=args.preset, channels=channels, **model_keys(args))
     unknown = [stage for stage in [*args.keep, *args.warm] if stage not in backbone.stages]
     if unknown:
         raise SystemExit(f"--keep: '{unknown[0]}' is not a stage of {args.backbone} ({', '.join(backbone.stages)})")
@@ -208,7 +220,7 @@ def export(run_dir: Path, target: Path, *, args, steps, split, ceiling, command)
     size = sum(p.stat().st_size for p in target.rglob("*.safetensors"))
     shown = " ".join(["python", "tools/pretrain.py", "--backbone", args.backbone, "--modality", args.modality,
                       "--preset", args.preset, "--data", "DIR", *(["--keep", *args.keep] if args.keep else []),
-                      *(["--warm", *args.warm] if args.warm else [])])
+                      *(["--warm", *args.warm] if args.warm else []), *[a for item in args.set for a in ("--set", item)]])
     metrics = sorted(ceiling["phase1"])
     notes = [f"the {', '.join(args.keep)} kept from the previous release" if args.keep else "",
              f"the {', '.join(args.warm)} started from the previous release's and trained these steps further"

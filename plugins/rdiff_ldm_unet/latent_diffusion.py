@@ -17,12 +17,13 @@ few-step restorers ResShift and OSEDiff also start from the low-quality latent r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -355,7 +356,7 @@ class LatentDiffusion(Reconstructor):
         big = tile or max(height, width)
         latent_tile, latent_overlap = big // factor, overlap // factor
         latent_multiple = self.size_multiple // factor
-        condition = tiled_apply(self.encode_corrected, self.correct(lq), big, overlap, self.size_multiple)
+        condition = self._condition(lq, big, overlap)
         if path == "fast":
             latents = condition
         else:
@@ -367,6 +368,30 @@ class LatentDiffusion(Reconstructor):
                                   tile=(denoiser_tile, min(max(latent_overlap, denoiser_tile // 4), denoiser_tile // 2),
                                         latent_multiple))
         return tiled_apply(self.decode, latents, latent_tile, latent_overlap, latent_multiple).clamp(0, 1)
+
+    def _condition(self, lq: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+        """``E'(correct(lq))`` on tiles; inside :meth:`reusing_condition`, the last one again for the same input."""
+        from rdiff.enhance import tiled_apply
+
+        memo = getattr(self, "_condition_memo", None)
+        key = (tile, overlap, torch.is_inference_mode_enabled())
+        if memo and memo[1] == key and memo[0].shape == lq.shape and torch.equal(memo[0], lq):
+            return memo[2]
+        condition = tiled_apply(self.encode_corrected, self.correct(lq), tile, overlap, self.size_multiple)
+        if memo is not None:
+            memo[:] = [lq.clone(), key, condition]
+        return condition
+
+    @contextlib.contextmanager
+    def reusing_condition(self) -> Iterator[None]:
+        """Within this block, :meth:`enhance` corrects and encodes an input equal to the previous one only once:
+        K samples of one image (``rdiff enhance --uncertainty``) pay for the corrector and the encoder once. Only
+        the last input is kept (one image and its latent), and nothing once the block ends."""
+        self._condition_memo: list | None = []
+        try:
+            yield
+        finally:
+            self._condition_memo = None
 
     def ddim_scheduler(self, steps: int, device: torch.device | None = None) -> DDIMScheduler:
         """DDIM on the training schedule with ``steps`` steps from ``sample_strength`` of it down. Trailing

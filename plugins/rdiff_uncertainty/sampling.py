@@ -3,12 +3,14 @@
 
 Sample k is :func:`rdiff.enhance.enhance_image` with seed ``seed + k`` (sample 0 *is* ``rdiff enhance
 --seed S``'s output), so the map reuses the enhancement's tiling as it is: every sample joins its tiles
-without seams, and so do their mean and spread. Only three image-sized arrays are kept whatever K (a
-running mean and sum of squares, Welford's update), so memory is that of one enhancement.
+without seams, and so do their mean and spread. Only two image-sized arrays are kept whatever K (a
+running mean and sum of squares, Welford's update), so memory is that of one enhancement. A latent backbone
+corrects and encodes the image once for all K samples (``reusing_condition``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,17 +66,22 @@ def sample_uncertainty(backbone: Any, modality: Any, image: np.ndarray, *, path:
     check_request(backbone, path, samples)
     image = np.asarray(image, dtype=np.float32)
     roi = np.asarray(modality.roi(image) if roi is None else roi, dtype=bool)
-    mean = np.zeros(image.shape, np.float64)
-    squares = np.zeros(image.shape, np.float64)  # sum of squared deviations from the running mean
-    for k in range(samples):
-        out = enhance_image(backbone, modality, image, roi=roi, path=path, options=options, seed=seed + k,
-                            **enhance_options)
-        delta = out - mean
-        mean += delta / (k + 1)
-        squares += delta * (out - mean)
+    # float32 is exact enough for a handful of samples in [0, 1] (Welford's update does not cancel) and keeps
+    # the map's extra memory at two image-sized arrays
+    mean = np.zeros(image.shape, np.float32)
+    squares = np.zeros(image.shape, np.float32)  # sum of squared deviations from the running mean
+    # a latent backbone encodes the image once for all K samples (they differ only in the sampler's noise)
+    with getattr(backbone, "reusing_condition", contextlib.nullcontext)():
+        for k in range(samples):
+            out = enhance_image(backbone, modality, image, roi=roi, path=path, options=options, seed=seed + k,
+                                **enhance_options)
+            delta = out - mean
+            mean += delta / (k + 1)
+            delta *= out - mean
+            squares += delta
     spread = np.sqrt((squares / (samples - 1)).mean(axis=2)).astype(np.float32)
     spread[~roi] = 0.0
-    return Uncertainty(mean.astype(np.float32), spread, roi, samples)
+    return Uncertainty(mean, spread, roi, samples)
 
 
 # --- pictures ----------------------------------------------------------------------------------------------
