@@ -96,6 +96,11 @@ def test_the_samples_share_one_encoding_and_equal_separate_enhancements(sampler,
     assert np.allclose(u.spread, np.sqrt(np.var(separate, axis=0, ddof=1).mean(axis=2)) * u.roi, atol=1e-6)
     enhance_image(backbone, modality, image, path=path, options=options, seed=7, tile=1024)
     assert len(calls) == 2  # outside the map nothing is kept
+    other = image[::-1].copy()
+    alone = enhance_image(backbone, modality, other, path=path, options=options, seed=7, tile=1024)
+    with backbone.reusing_condition():  # another image is encoded anew, not given the last one's latent
+        enhance_image(backbone, modality, image, path=path, options=options, seed=7, tile=1024)
+        assert np.array_equal(enhance_image(backbone, modality, other, path=path, options=options, seed=7, tile=1024), alone)
 
 
 def _synthetic(rng: np.random.Generator, count: int, underestimate: float = 3.0) -> list[np.ndarray]:
