@@ -5,7 +5,9 @@ training) and enhances a synthetic fundus-like photograph: a textured disc on bl
 field of view are skipped as they are in a real photograph. Paths: ``fast`` and, for backbones that
 sample, DDIM with each of ``--steps``. Each measurement runs in a fresh process, after a warm-up call, and
 shows the median of ``--repeats`` calls; the peak resident memory it reports (``ru_maxrss``: imports,
-weights, the image and every buffer of the tiled enhancement) is its own process's.
+weights, the image and every buffer of the tiled enhancement) is its own process's. ``× fast`` of a
+sampling path is the median of its calls' ratios to a fast-path call made right after each in the same
+process (the same path timed in two processes differs by up to 30 % on a shared CPU).
 
     python benchmarks/enhance_latency.py
     python benchmarks/enhance_latency.py --backbones ldm-unet --sizes 512 --steps 4 --batch 4
@@ -79,15 +81,24 @@ def measure(job: dict) -> dict:
     warm = synthetic_photograph(backbone.size_multiple * 2)
     enhance_image(backbone, modality, warm, **{**options, "tile": max(job["tile"], len(warm))})
     image = synthetic_photograph(job["size"])
-    times = []
+    # a sampling path is timed in turn with the fast path, in this process: the same path in two processes
+    # differs by up to 30 % on a shared CPU, far more than between calls of one process
+    paired = job["path"] != "fast" and "fast" in backbone.paths()
+    times, ratios = [], []
     for _ in range(job.get("repeats", 1)):  # the median of several calls: one call varies by ±15 % on a shared CPU
         tiles = 0
         began = time.perf_counter()
         enhance_image(backbone, modality, image, **options)
         times.append(time.perf_counter() - began)
+        counted = tiles
+        if paired:
+            began = time.perf_counter()
+            enhance_image(backbone, modality, image, **{**options, "path": "fast"})
+            ratios.append(times[-1] / (time.perf_counter() - began))
     seconds = sorted(times)[len(times) // 2]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-    return {**job, "seconds": seconds, "tiles": tiles, "peak_mib": peak / 2 ** 20,
+    return {**job, "seconds": seconds, "tiles": counted, "peak_mib": peak / 2 ** 20,
+            "ratio": sorted(ratios)[len(ratios) // 2] if ratios else None,
             "parameters": sum(p.numel() for p in backbone.parameters())}
 
 
@@ -152,7 +163,8 @@ def main() -> None:
         r = json.loads(child.stdout.strip().splitlines()[-1])
         if r["path"] == "fast":
             fast[r["backbone"], r["size"]] = r["seconds"]
-        ratio = r["seconds"] / fast[r["backbone"], r["size"]] if (r["backbone"], r["size"]) in fast else float("nan")
+        ratio = r["ratio"] or (r["seconds"] / fast[r["backbone"], r["size"]] if (r["backbone"], r["size"]) in fast
+                               else float("nan"))
         print(f"{r['backbone']:<10} {r['parameters'] / 1e6:>7.2f}M {r['size']:>6} {label:<10} {r['tiles']:>5} "
               f"{r['seconds']:>9.2f} {ratio:>7.2f} {r['peak_mib']:>9.0f}", flush=True)
 
