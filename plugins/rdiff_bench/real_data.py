@@ -334,8 +334,9 @@ class RealBench:
         self.hallucinate = False  # whether adapted rows get the hallucination report (set by run())
 
     # -- configurations -------------------------------------------------------------------------------------
-    def config(self, backbone: str, *layers: dict[str, Any]) -> Any:
-        """A run's resolved configuration: the preset, the bench's budget, ``--set``, then ``layers``."""
+    def config(self, backbone: str, *layers: dict[str, Any], model: dict[str, Any] | None = None) -> Any:
+        """A run's resolved configuration: the preset, ``model`` (a phase-1 run's networks), the bench's
+        budget, ``--set``, then ``layers``."""
         from rdiff.registry import resolve_config
 
         s = self.s
@@ -348,7 +349,7 @@ class RealBench:
             budget["train"]["adapt_steps"] = s.adapt_steps
         if s.batch_size is not None:
             budget["train"]["batch_size"] = s.batch_size
-        return resolve_config([names, budget, s.overrides, *layers])
+        return resolve_config([names, {"model": model or {}}, budget, s.overrides, *layers])
 
     # -- the whole benchmark --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -610,13 +611,22 @@ class RealBench:
         # on-the-fly pairs: the engine crops and degrades images of `data`, here the split's pairs part
         return {"seed": seed, "data": str(pairs_dir), "pairs": self.s.pairs}
 
+    def adapt_config(self, backbone: str, adaptor: str, seed: int, phase1_dir: Path, pairs_dir: Path) -> Any:
+        """An adaptation's configuration: the phase-1 run's networks as they were trained (a run of your own
+        may change any model key of the preset), with the preset's phase-2 keys."""
+        from rdiff.config import load_yaml
+        from rdiff.plugins import plugins
+
+        phase2_only = getattr(plugins().get("backbone", backbone).config, "ADAPTATION_KEYS", ())
+        trained = {k: v for k, v in load_yaml(phase1_dir / "config.yaml").get("model", {}).items() if k not in phase2_only}
+        return self.config(backbone, {"adaptor": adaptor}, self._phase2_layers(seed, pairs_dir),
+                           {"reconstruct_from": str(phase1_dir.resolve())}, model=trained)
+
     def adapt(self, backbone: str, adaptor: str, seed: int, phase1_dir: Path, pairs_dir: Path) -> Path:
         """The adaptation run of one seed (reused when finished)."""
         from rdiff.config import to_dict
 
-        source = str(phase1_dir.resolve())
-        config = self.config(backbone, {"adaptor": adaptor}, self._phase2_layers(seed, pairs_dir),
-                             {"reconstruct_from": source})
+        config = self.adapt_config(backbone, adaptor, seed, phase1_dir, pairs_dir)
         key = _key(to_dict(replace(config, out=None)), _stamp(phase1_dir))
         run_dir = self.out / "runs" / f"adapt-{backbone}-{adaptor}-s{seed}-{key}"
         if (run_dir / _DONE).is_file() and not self.s.force:
