@@ -369,17 +369,19 @@ class LatentDiffusion(Reconstructor):
                                         latent_multiple))
         return tiled_apply(self.decode, latents, latent_tile, latent_overlap, latent_multiple).clamp(0, 1)
 
+    _condition_memo: dict[str, Any] | None = None  # the last input and its latent, inside reusing_condition()
+
     def _condition(self, lq: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
         """``E'(correct(lq))`` on tiles; inside :meth:`reusing_condition`, the last one again for the same input."""
         from rdiff.enhance import tiled_apply
 
-        memo = getattr(self, "_condition_memo", None)
         key = (tile, overlap, torch.is_inference_mode_enabled())
-        if memo and memo[1] == key and memo[0].shape == lq.shape and torch.equal(memo[0], lq):
-            return memo[2]
+        memo = self._condition_memo
+        if memo and memo["key"] == key and torch.equal(memo["input"], lq):  # equal is False for another shape
+            return memo["latent"]
         condition = tiled_apply(self.encode_corrected, self.correct(lq), tile, overlap, self.size_multiple)
         if memo is not None:
-            memo[:] = [lq.clone(), key, condition]
+            memo.update(input=lq.clone(), key=key, latent=condition)
         return condition
 
     @contextlib.contextmanager
@@ -387,7 +389,7 @@ class LatentDiffusion(Reconstructor):
         """Within this block, :meth:`enhance` corrects and encodes an input equal to the previous one only once:
         K samples of one image (``rdiff enhance --uncertainty``) pay for the corrector and the encoder once. Only
         the last input is kept (one image and its latent), and nothing once the block ends."""
-        self._condition_memo: list | None = []
+        self._condition_memo = {}
         try:
             yield
         finally:
