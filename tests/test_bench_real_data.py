@@ -308,11 +308,11 @@ def test_adapting_a_phase1_run_of_your_own_builds_its_networks_not_the_presets(t
     phase1.mkdir()
     (phase1 / "config.yaml").write_text(yaml.safe_dump(
         {"backbone": "ldm-unet", "modality": "fundus", "preset": "tiny",
-         "model": {"unet_channels": [32, 32, 64], "diffusion_loss_weight": 123.0}}))
+         "model": {"unet_channels": [16, 48, 64], "diffusion_loss_weight": 123.0}}))
     preset = rdiff.get_preset("ldm-unet", "tiny")["model"]
     bench = RealBench(RealSettings(data=str(tmp_path), modality="fundus", backbones=["ldm-unet"], out=str(tmp_path / "out")))
     config = bench.adapt_config("ldm-unet", "residual", 0, phase1, tmp_path)
-    assert config.model["unet_channels"] == [32, 32, 64] != preset["unet_channels"]
+    assert config.model["unet_channels"] == [16, 48, 64] != preset["unet_channels"]
     assert config.model.get("diffusion_loss_weight") != 123.0  # a phase-2 key: the preset's
     bench.s.overrides = {"model": {"adapt_crop": 32}}
     assert bench.adapt_config("ldm-unet", "residual", 0, phase1, tmp_path).model["adapt_crop"] == 32

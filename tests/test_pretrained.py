@@ -183,8 +183,8 @@ def test_rebuilding_keeps_shipped_stages_and_builds_the_others_with_the_keys_set
     spec.loader.exec_module(tool)
     shipped = get_pretrained("ldm-unet.tiny-fundus").directory
     args = argparse.Namespace(backbone="ldm-unet", preset="tiny", keep=["autoencoder", "corrector"], warm=[],
-                              set=["model.unet_channels=[32,32,64]", "train.lr=1e-4"])
-    assert tool.model_keys(args) == {"unet_channels": [32, 32, 64]}
+                              set=["model.unet_channels=[16,48,64]", "train.lr=1e-4"])
+    assert tool.model_keys(args) == {"unet_channels": [16, 48, 64]}
     reconstruct = tmp_path / "reconstruct"
     tool.keep_shipped_stages(args, 3, shipped, reconstruct)
     assert json.loads((reconstruct / "stages.json").read_text()) == {"done": ["autoencoder", "corrector"]}
@@ -192,4 +192,4 @@ def test_rebuilding_keeps_shipped_stages_and_builds_the_others_with_the_keys_set
         for file in (shipped / "reconstruct" / kept).iterdir():
             assert (reconstruct / kept / file.name).read_bytes() == file.read_bytes()
     denoiser = json.loads(next((reconstruct / "denoiser").glob("config.json")).read_text())
-    assert list(denoiser["block_out_channels"]) == [32, 32, 64]  # a fresh denoiser of the width asked for
+    assert list(denoiser["block_out_channels"]) == [16, 48, 64]  # a fresh denoiser of the width asked for
